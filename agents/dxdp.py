@@ -1,0 +1,140 @@
+"""DxDP: Diffusion by Dynamic Programming (spec section 4), a max-entropy RL agent for the chain MDP.
+
+Per call of ``update(chain)`` on the current sampler's chains (T + 1, B, ...):
+  1. T value steps, t = T-1 down to 0, each one gradient step of ``ValueTDLoss`` on that t's
+     transitions;
+  2. one sampler step of ``SamplerLoss`` on ``sampler_batch`` states drawn uniformly from the
+     B * T states x_0..x_{T-1}, with gradient-norm clipping;
+  3. optionally a Polyak update of the target value network.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffrl.mdp import ChainMDP
+from diffrl.policy import GaussianStepPolicy
+
+from .losses import SamplerLoss, ValueTDLoss, time_cost
+
+__all__ = ["DxDPConfig", "DxDP"]
+
+
+@dataclass
+class DxDPConfig:
+    """tau_entropy weighs log sigma_t (tau1); the velocity weight tau2 lives on the ChainMDP.
+
+    value_target: "running" (Algorithm 1), or a time cost "sigmoid" / "constant" / "none" (Algorithm 2).
+    target_update: Polyak rate of a target value network, or None for none (the paper's default).
+    """
+
+    tau_entropy: float = 0.1
+    lr_sampler: float = 1e-4
+    lr_sigma: float = 1e-2
+    lr_value: float = 1e-3
+    value_target: str = "running"
+    time_cost_scale: float = 1.0
+    sampler_grad_clip: float | None = 0.1
+    value_grad_clip: float | None = None
+    sampler_batch: int | None = None
+    target_update: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tau_entropy < 0:
+            raise ValueError(f"tau_entropy must be >= 0, got {self.tau_entropy}")
+        for name in ("lr_sampler", "lr_sigma", "lr_value"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.target_update is not None and not 0 < self.target_update <= 1:
+            raise ValueError(f"target_update must be in (0, 1] or None, got {self.target_update}")
+        time_cost(self.value_target, 1)
+
+
+class DxDP:
+    """Trains ``policy`` against the soft value ``value(x (B, ...), t (B,) long) -> (B,)`` in ``mdp``.
+
+    The value is queried for t = 0..T-1; V(x, T) is the mdp's terminal cost, so a value that
+    shares its parameters with the energy (2D: E = V(., T)) and a separate one both work.
+    """
+
+    def __init__(self, policy: GaussianStepPolicy, value: nn.Module, mdp: ChainMDP, config: DxDPConfig | None = None) -> None:
+        self.config = config = config or DxDPConfig()
+        if policy.horizon != mdp.horizon:
+            raise ValueError(f"policy horizon {policy.horizon} != MDP horizon {mdp.horizon}")
+        self.policy, self.value, self.mdp = policy, value, mdp
+        self.target_value = copy.deepcopy(value).requires_grad_(False) if config.target_update else None
+        fixed = time_cost(config.value_target, mdp.horizon, config.time_cost_scale)
+        device = mdp.velocity_scale_sq.device
+        self.value_loss = ValueTDLoss(value, mdp, config.tau_entropy, fixed, self.target_value).to(device)
+        self.sampler_loss = SamplerLoss(policy, value, mdp, config.tau_entropy)
+        self.policy_optimizer = torch.optim.Adam(
+            [
+                {"params": policy.mean_parameters(), "lr": config.lr_sampler},
+                {"params": policy.sigma_parameters(), "lr": config.lr_sigma},
+            ]
+        )
+        self.value_optimizer = torch.optim.Adam(value.parameters(), lr=config.lr_value)
+
+    def act(self, x: Tensor, t: int | Tensor, noise: Tensor | None = None) -> Tensor:
+        return self.policy(x, t, noise)
+
+    def update(self, chain: Tensor) -> dict[str, Tensor]:
+        """chain: (T + 1, B, ...) from the current policy, no grad. Returns detached metrics."""
+        T, B = self.mdp.horizon, chain.shape[1]
+        if chain.shape[0] != T + 1:
+            raise ValueError(f"expected a chain of {T + 1} states, got {chain.shape[0]}")
+        chain = chain.detach()
+        log_sigma = self.policy.log_sigma.detach()
+        value_losses = []
+        for t in reversed(range(T)):
+            step = torch.full((B,), t, device=chain.device, dtype=torch.long)
+            out = self.value_loss(chain[t], chain[t + 1], step, log_sigma)
+            self._step(self.value_optimizer, out["loss_value"], self.config.value_grad_clip)
+            value_losses.append(out["loss_value"].detach())
+
+        n = self.config.sampler_batch or B
+        t_idx = torch.randint(0, T, (n,), device=chain.device)
+        b_idx = torch.randint(0, B, (n,), device=chain.device)
+        out = self.sampler_loss(chain[t_idx, b_idx], t_idx)
+        self._step(self.policy_optimizer, out["loss_sampler"], self.config.sampler_grad_clip)
+
+        if self.target_value is not None:
+            with torch.no_grad():
+                for p_target, p in zip(self.target_value.parameters(), self.value.parameters()):
+                    p_target.lerp_(p, self.config.target_update)
+        metrics = {k: v.detach() for k, v in out.items()}
+        metrics["loss_value"] = torch.stack(value_losses).mean()
+        return metrics
+
+    @staticmethod
+    def _step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float | None) -> None:
+        """One step of ``optimizer`` on ``loss``; gradient goes only to that optimiser's parameters."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=params)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+
+    def training_state(self) -> dict[str, Any]:
+        state = {
+            "policy": self.policy.state_dict(),
+            "value": self.value.state_dict(),
+            "policy_optimizer": self.policy_optimizer.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+        }
+        if self.target_value is not None:
+            state["target_value"] = self.target_value.state_dict()
+        return state
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        if self.target_value is not None:
+            self.target_value.load_state_dict(state["target_value"])

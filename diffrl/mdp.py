@@ -1,0 +1,93 @@
+"""The diffusion chain as an MDP: the one place for its maths (spec sections 1, 2, 5).
+
+State ``s_t = (x_t, t)``, action ``a_t = x_{t+1}``, transition ``s_{t+1} = (a_t, t + 1)``; the
+episode ends after T steps. Costs are per dimension (spec section 2):
+
+    velocity cost  v_t = mean_d (x_{t+1} - x_t)^2 / (2 s_t^2)
+    step reward    r_t = -tau_velocity * v_t  (-cost(x_T) added at t = T - 1)
+
+The entropy bonus ``tau_entropy * log sigma_t`` belongs to the max-entropy RL algorithm, not
+the environment: the env cannot see the policy's sigma. The Gymnasium and TorchRL envs and
+DxDP's losses all call this module.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .rewards import RewardModel
+
+__all__ = ["ChainMDP"]
+
+
+class ChainMDP(nn.Module):
+    """Horizon, event shape, velocity-cost scales s_t^2 (with AVR) and the terminal reward model.
+
+    velocity_scale_init: (T,) initial s_t (usually the sampler's initial sigma_t).
+    avr_decay: alpha of the adaptive velocity regularisation EMA, or None to keep s_t fixed.
+    """
+
+    def __init__(
+        self,
+        reward: RewardModel,
+        event_shape: tuple[int, ...],
+        velocity_scale_init: Tensor,
+        tau_velocity: float,
+        avr_decay: float | None = 0.99,
+    ) -> None:
+        super().__init__()
+        scale = torch.as_tensor(velocity_scale_init, dtype=torch.float32)
+        if scale.ndim != 1 or not bool((scale > 0).all()):
+            raise ValueError("velocity_scale_init must be a 1-D tensor of positive s_t, one per step")
+        if tau_velocity < 0:
+            raise ValueError(f"tau_velocity must be >= 0, got {tau_velocity}")
+        if avr_decay is not None and not 0.0 <= avr_decay < 1.0:
+            raise ValueError(f"avr_decay must be in [0, 1) or None, got {avr_decay}")
+        self.reward = reward
+        self.event_shape = tuple(event_shape)
+        self.horizon = scale.numel()
+        self.tau_velocity = tau_velocity
+        self.avr_decay = avr_decay
+        self.register_buffer("velocity_scale_sq", scale**2)
+
+    @property
+    def dim(self) -> int:
+        """D, the number of scalars in one sample."""
+        return int(torch.Size(self.event_shape).numel())
+
+    def reset(self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        """x_0 ~ N(0, I), (B, *event_shape)."""
+        device = device or self.velocity_scale_sq.device
+        return torch.randn((batch, *self.event_shape), generator=generator, device=device)
+
+    @staticmethod
+    def mean_square_step(x: Tensor, x_next: Tensor) -> Tensor:
+        """mean_d (x_next - x)^2, (B,)."""
+        return (x_next - x).flatten(1).pow(2).mean(1)
+
+    def velocity_cost(self, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
+        """v_t = mean_d (x_next - x)^2 / (2 s_t^2), (B,); t (B,) long."""
+        return self.mean_square_step(x, x_next) / (2 * self.velocity_scale_sq[t])
+
+    def terminal_cost(self, x_final: Tensor) -> Tensor:
+        """cost(x_T) = -reward(x_T), (B,): the boundary condition V(x, T)."""
+        return self.reward.cost(x_final)
+
+    def step_reward(self, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
+        """r_t = -tau_velocity v_t, minus cost(x_T) on the last step, (B,); t (B,) long."""
+        r = -self.tau_velocity * self.velocity_cost(x, x_next, t)
+        last = t == self.horizon - 1
+        if bool(last.any()):
+            r = r - torch.where(last, self.terminal_cost(x_next), torch.zeros_like(r))
+        return r
+
+    @torch.no_grad()
+    def update_velocity_scale(self, chain: Tensor) -> None:
+        """AVR (spec section 5): s_t^2 <- alpha s_t^2 + (1 - alpha) mean_b mean_d (x_{t+1} - x_t)^2.
+
+        chain: (T + 1, B, ...) trajectories of the current sampler. No-op when AVR is off.
+        """
+        if self.avr_decay is None:
+            return
+        step_sq = (chain[1:] - chain[:-1]).flatten(2).pow(2).mean((1, 2))
+        self.velocity_scale_sq.mul_(self.avr_decay).add_((1 - self.avr_decay) * step_sq)

@@ -1,0 +1,32 @@
+"""The one transition every env adapter calls: checks the action, then defers to ``ChainMDP``.
+
+Framework-free (torch only), so the Gymnasium side never imports TorchRL and vice versa.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffrl.mdp import ChainMDP
+
+
+def advance(mdp: ChainMDP, x: Tensor, t: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step of B chains: ``(x_t, t, a_t = x_{t+1}) -> (x_{t+1}, t + 1, r_t, terminated)``.
+
+    x (B, *event_shape), t (B,) long, action (B, *event_shape). Returns x_next (B, *event_shape)
+    (the action, detached, in x's dtype), t_next (B,) long, reward (B,) = ``mdp.step_reward``
+    (higher is better: minus the running cost, minus cost(x_T) on the last step) and terminated (B,)
+    bool (t_next == T). Raises ValueError on a wrong action shape or a chain already at t = T.
+    """
+    if action.shape != x.shape:
+        raise ValueError(
+            f"action must be the next sample x_(t+1) of shape {tuple(x.shape)} "
+            f"(batch, *event_shape), got {tuple(action.shape)}"
+        )
+    if bool((t >= mdp.horizon).any()):
+        raise ValueError(f"a chain has already taken all T = {mdp.horizon} steps; reset it before stepping")
+    x_next = action.detach().to(x.dtype)
+    with torch.no_grad():
+        reward = mdp.step_reward(x, x_next, t)
+    t_next = t + 1
+    return x_next, t_next, reward, t_next == mdp.horizon

@@ -1,0 +1,209 @@
+"""diffrl.envs: API conformance (TorchRL check_env_specs, Gymnasium check_env), rewards against an
+independent hand computation, exact reproduction of GaussianStepPolicy.sample, bad input."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AutoresetMode
+from torchrl.envs.utils import check_env_specs
+
+from diffrl.envs import ENV_ID, DiffusionMDP, DiffusionMDPEnv, DiffusionMDPVectorEnv, step_policy_module
+from diffrl.mdp import ChainMDP
+from diffrl.nets import TimeMLP
+from diffrl.policy import GaussianStepPolicy
+from diffrl.rewards import FixedReward
+from diffrl.schedules import ChainSchedule
+
+T = 5
+SCALES = torch.tensor([0.5, 0.8, 1.0, 1.3, 2.0])  # s_t
+TAU = 0.3
+
+
+def log_density(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I) over the flattened event, (B,)."""
+    x = x.flatten(1)
+    return -0.5 * x.pow(2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+
+
+def make_mdp(event_shape: tuple[int, ...] = (2,)) -> ChainMDP:
+    return ChainMDP(FixedReward(log_density), event_shape, SCALES, tau_velocity=TAU, avr_decay=None)
+
+
+def make_policy() -> GaussianStepPolicy:
+    torch.manual_seed(0)
+    return GaussianStepPolicy.from_schedule(
+        TimeMLP(2, 2, hidden=32, depth=2, time_scale=1.0), ChainSchedule.var(T), event_shape=(2,)
+    )
+
+
+def hand_return(chain: torch.Tensor) -> torch.Tensor:
+    """-(TAU * sum_t mean_d (x_{t+1} - x_t)^2 / (2 s_t^2) + cost(x_T)) for a chain (T + 1, B, D), (B,)."""
+    velocity = sum(((chain[t + 1] - chain[t]) ** 2).mean(1) / (2 * SCALES[t] ** 2) for t in range(T))
+    x_final = chain[-1]
+    cost = 0.5 * (x_final**2).sum(1) + 0.5 * x_final.shape[1] * math.log(2 * math.pi)  # -log N(x_T; 0, I)
+    return -(TAU * velocity + cost)
+
+
+@pytest.fixture
+def strict_gym_warnings():
+    """Every warning is an error except Gymnasium's advice against unbounded / non-[-1, 1] Boxes:
+    x_t and x_{t+1} are unbounded by nature, so the env's Boxes are (-inf, inf)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=r".*Box (action|observation) space (minimum|maximum) value is .*infinity")
+        warnings.filterwarnings("ignore", message=r".*recommend using a symmetric and normalized space")
+        yield
+
+
+# ---------------------------------------------------------------- TorchRL
+
+
+@pytest.mark.parametrize("break_when_any_done", [True, False])
+def test_torchrl_env_passes_check_env_specs(break_when_any_done: bool) -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=3)
+    check_env_specs(env, break_when_any_done=break_when_any_done)
+    check_env_specs(env, seed=1, break_when_any_done=break_when_any_done)
+    td = env.rollout(T)
+    assert env.full_observation_spec.is_in(td["next"][:, -1].select("x", "t"))
+    assert td["next", "t"][:, -1].eq(T).all() and td["next", "terminated"][:, -1].all()
+    assert not td["next", "done"][:, :-1].any()
+
+
+def test_torchrl_rollout_reproduces_policy_sample() -> None:
+    policy = make_policy()
+    env = DiffusionMDPEnv(make_mdp(), batch_size=6)
+    torch.manual_seed(123)
+    td = env.rollout(T, step_policy_module(policy))
+    torch.manual_seed(123)
+    chain = policy.sample(6)  # (T + 1, B, 2)
+    assert td.batch_size == (6, T)
+    torch.testing.assert_close(td["x"].transpose(0, 1), chain[:-1], rtol=0, atol=0)
+    torch.testing.assert_close(td["action"].transpose(0, 1), chain[1:], rtol=0, atol=0)
+    torch.testing.assert_close(td["next", "x"][:, -1], chain[-1], rtol=0, atol=0)
+    # set_seed is the global seed, so seeding the env is seeding the policy's noise too
+    env.set_seed(7)
+    td_seeded = env.rollout(T, step_policy_module(policy))
+    torch.manual_seed(7)
+    torch.testing.assert_close(td_seeded["next", "x"][:, -1], policy.sample(6)[-1], rtol=0, atol=0)
+
+
+def test_torchrl_episode_return_matches_hand_formula() -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=4)
+    torch.manual_seed(5)
+    td = env.rollout(T)  # random actions from the spec
+    chain = torch.cat([td["x"][:, :1], td["next", "x"]], dim=1).transpose(0, 1)  # (T + 1, B, 2)
+    torch.testing.assert_close(td["next", "reward"].sum((1, 2)), hand_return(chain))
+
+
+def test_torchrl_wrong_action_shape_is_a_value_error() -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=3)
+    td = env.reset()
+    td["action"] = torch.zeros(3, 2, 1)
+    with pytest.raises(ValueError, match="action must be the next sample"):
+        env.step(td)
+
+
+# ---------------------------------------------------------------- Gymnasium, one chain
+
+
+def test_gym_env_passes_check_env(strict_gym_warnings: None) -> None:
+    check_env(gymnasium.make(ENV_ID).unwrapped)  # with a spec: render and close checks run too
+    check_env(DiffusionMDP(make_mdp((1, 3, 3))), skip_render_check=True)
+
+
+def test_gym_make_default_and_custom_mdp() -> None:
+    env = gymnasium.make(ENV_ID)
+    obs, _ = env.reset(seed=0)
+    assert obs["x"].shape == (2,) and obs["x"].dtype == np.float32 and obs["t"] == 0
+    for t in range(5):
+        obs, reward, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
+        assert isinstance(reward, float) and obs["t"] == t + 1 and terminated == (t == 4) and not truncated
+    mdp = make_mdp()
+    assert gymnasium.make(ENV_ID, mdp=mdp).unwrapped.mdp is mdp
+
+
+def test_gym_episode_return_matches_hand_formula() -> None:
+    env = DiffusionMDP(make_mdp())
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    xs, total, terminated = [obs["x"]], 0.0, False
+    while not terminated:
+        obs, reward, terminated, _, _ = env.step(rng.standard_normal(2).astype(np.float32))
+        xs.append(obs["x"])
+        total += reward
+    chain = torch.as_tensor(np.stack(xs))[:, None]  # (T + 1, 1, 2)
+    assert len(xs) == T + 1
+    assert total == pytest.approx(float(hand_return(chain)[0]), rel=1e-5)
+
+
+def test_gym_wrong_action_shape_is_a_value_error() -> None:
+    env = DiffusionMDP(make_mdp())
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action must be the next sample of shape \(2,\)"):
+        env.step(np.zeros(3, np.float32))
+
+
+# ---------------------------------------------------------------- Gymnasium, batched
+
+
+def test_vector_env_rewards_are_mdp_step_rewards() -> None:
+    mdp = make_mdp()
+    env = gymnasium.make_vec(ENV_ID, num_envs=4, mdp=mdp)
+    assert isinstance(env, DiffusionMDPVectorEnv)
+    assert env.metadata["autoreset_mode"] is AutoresetMode.DISABLED is env.autoreset_mode
+    obs, _ = env.reset(seed=0)
+    assert obs["x"].shape == (4, 2) and (obs["t"] == 0).all()
+    rng = np.random.default_rng(1)
+    for t in range(T):
+        actions = rng.standard_normal((4, 2)).astype(np.float32)
+        x = torch.as_tensor(obs["x"])
+        obs, rewards, terminated, truncated, _ = env.step(actions)
+        expected = mdp.step_reward(x, torch.as_tensor(actions), torch.full((4,), t))
+        torch.testing.assert_close(torch.as_tensor(rewards, dtype=torch.float32), expected, rtol=0, atol=0)
+        np.testing.assert_array_equal(obs["x"], actions)
+        assert (obs["t"] == t + 1).all() and (terminated == (t == T - 1)).all() and not truncated.any()
+    with pytest.raises(ValueError, match="reset it before stepping"):
+        env.step(np.zeros((4, 2), np.float32))
+
+
+def test_vector_env_partial_reset_and_seeding() -> None:
+    env = DiffusionMDPVectorEnv(make_mdp(), num_envs=3)
+    first, _ = env.reset(seed=11)
+    env.step(np.ones((3, 2), np.float32))
+    obs, _ = env.reset(options={"reset_mask": np.array([True, False, True])})
+    np.testing.assert_array_equal(obs["t"], [0, 1, 0])
+    np.testing.assert_array_equal(obs["x"][1], [1.0, 1.0])
+    again, _ = env.reset(seed=11)
+    np.testing.assert_array_equal(again["x"], first["x"])
+    with pytest.raises(ValueError, match="reset_mask"):
+        env.reset(options={"reset_mask": np.array([True, False])})
+
+
+def test_vector_env_wrong_action_shape_is_a_value_error() -> None:
+    env = DiffusionMDPVectorEnv(make_mdp(), num_envs=3)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action must be the next sample"):
+        env.step(np.zeros((2, 2), np.float32))
+
+
+# ---------------------------------------------------------------- imports
+
+
+def test_import_envs_is_light_and_core_does_not_import_envs() -> None:
+    code = (
+        "import sys, diffrl.mdp, diffrl.policy, diffrl.rewards, diffrl.nets, diffrl.schedules\n"
+        "assert 'diffrl.envs' not in sys.modules and 'gymnasium' not in sys.modules\n"
+        "import diffrl.envs\n"
+        "assert 'torchrl' not in sys.modules, 'diffrl.envs imported torchrl eagerly'\n"
+        "diffrl.envs.DiffusionMDPEnv\n"
+        "assert 'torchrl' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
