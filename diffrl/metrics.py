@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from scipy.stats import rankdata
 from torch import Tensor
 
 __all__ = ["sliced_wasserstein", "roc_auc", "energy_auc", "mmd_rbf"]
@@ -23,14 +24,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, num_projections: int = 1000, seed: 
 
 
 def roc_auc(scores_pos: Tensor, scores_neg: Tensor) -> float:
-    """P(score_pos > score_neg) + 0.5 P(tie): the area under the ROC curve, via average ranks."""
-    scores = torch.cat([scores_pos, scores_neg]).double().cpu()
-    order = scores.argsort()
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
-    unique, inverse = torch.unique(scores, return_inverse=True)
-    if unique.numel() < scores.numel():
-        ranks = torch.zeros(unique.numel(), dtype=torch.float64).index_reduce_(0, inverse, ranks, "mean", include_self=False)[inverse]
+    """P(score_pos > score_neg) + 0.5 P(tie): the area under the ROC curve (Mann-Whitney U / n_pos n_neg)."""
+    ranks = rankdata(torch.cat([scores_pos, scores_neg]).double().cpu().numpy())  # ties get their average rank
     n_pos, n_neg = scores_pos.numel(), scores_neg.numel()
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

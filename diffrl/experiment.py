@@ -1,0 +1,340 @@
+"""Builds and runs point-cloud (N-D) experiments from an ExperimentConfig: the four jobs of the CLI.
+
+This module is the face of the library: it wires core pieces, the DxDP agent and run folders
+together. Nothing in the core imports it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .agents.dxdp import DxDP, DxDPConfig
+from .config import ExperimentConfig, from_yaml, to_yaml
+from .data import TOY_DATASETS, BatchSampler, Normalizer, load_array, toy_data
+from .ddpm import DDPM
+from .dxmi import DxMI
+from .loop import LoopConfig, fit
+from .mdp import ChainMDP
+from .metrics import energy_auc, mmd_rbf, sliced_wasserstein
+from .nets import AtTime, TimeMLP
+from .plots import plot_heatmaps, plot_samples
+from .policy import GaussianStepPolicy
+from .rewards import EnergyReward
+from .run import RunDir
+
+__all__ = ["PointData", "load_point_data", "pretrain", "train", "sample", "evaluate"]
+
+_MMD_POINTS = 2000
+
+
+@dataclass
+class PointData:
+    """Splits in the data's own units (train, val, test: (N, D)), the normaliser fitted on train,
+    and uniform outliers (n_eval, D) for the energy AUC."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    normalizer: Normalizer
+    outliers: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+
+def load_point_data(config: ExperimentConfig) -> PointData:
+    """Toy sets: three independent seeded draws. A .npy array: a seeded shuffle split into test,
+    val (each ``n_eval``, at most a fifth of the rows) and train (the rest)."""
+    cfg, seed = config.data, config.seed
+    if cfg.name in TOY_DATASETS:
+        train = toy_data(cfg.name, cfg.n_train, seed)
+        val = toy_data(cfg.name, cfg.n_eval, seed + 10_000)
+        test = toy_data(cfg.name, cfg.n_eval, seed + 20_000)
+    elif cfg.name.endswith(".npy"):
+        array = load_array(cfg.name)
+        n_eval = min(cfg.n_eval, array.shape[0] // 5)
+        if n_eval < 2:
+            raise ValueError(f"{cfg.name}: {array.shape[0]} rows are too few to hold out validation and test splits")
+        perm = torch.randperm(array.shape[0], generator=torch.Generator().manual_seed(seed))
+        test, val, train = array[perm[:n_eval]], array[perm[n_eval : 2 * n_eval]], array[perm[2 * n_eval :]]
+    else:
+        raise ValueError(f"unknown data {cfg.name!r}: give a toy set ({', '.join(sorted(TOY_DATASETS))}) or a .npy path")
+    g = torch.Generator().manual_seed(seed + 30_000)
+    if cfg.outlier_box is not None:
+        low, high = torch.full((train.shape[1],), -cfg.outlier_box), torch.full((train.shape[1],), cfg.outlier_box)
+    else:
+        low, high = train.min(0).values, train.max(0).values
+        low, high = low - 0.05 * (high - low), high + 0.05 * (high - low)
+    outliers = low + (high - low) * torch.rand(test.shape[0], train.shape[1], generator=g)
+    return PointData(train, val, test, Normalizer.fit(train, cfg.normalize), outliers)
+
+
+def _mlp(config: ExperimentConfig, dim: int, out_dim: int) -> TimeMLP:
+    n = config.net
+    return TimeMLP(dim, out_dim, hidden=n.hidden, depth=n.depth, time_dim=n.time_dim)
+
+
+def _setup(config: ExperimentConfig) -> torch.device:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {config.device!r} requested but CUDA is not available")
+    return torch.device(config.device)
+
+
+def _check_dim(data: PointData, dim: int, where: str) -> None:
+    if data.dim != dim:
+        raise ValueError(f"the data have D = {data.dim} dimensions but {where} was trained on D = {dim}")
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_samples(samples: Tensor, reference: Tensor, energy: nn.Module | None, data: PointData) -> dict[str, float]:
+    """SW-2 and MMD of samples vs reference (both data units); energy AUC of reference vs outliers."""
+    n = min(samples.shape[0], reference.shape[0])
+    out = {
+        "sw": sliced_wasserstein(samples[:n], reference[:n]),
+        "mmd": mmd_rbf(data.normalizer.encode(samples[:_MMD_POINTS]), data.normalizer.encode(reference[:_MMD_POINTS])),
+    }
+    if energy is not None:
+        device = next(energy.parameters()).device
+        with torch.no_grad():
+            e_ref = energy(data.normalizer.encode(reference).to(device))
+            e_out = energy(data.normalizer.encode(data.outliers).to(device))
+        out["auc"] = energy_auc(e_ref, e_out)
+    return out
+
+
+def _draw(policy: GaussianStepPolicy, n: int, seed: int, normalizer: Normalizer, device: torch.device) -> Tensor:
+    """n samples in data units from a fixed generator (the same noise at every evaluation)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    chunks = [policy.sample(min(10_000, n - i), generator=g, device=device)[-1] for i in range(0, n, 10_000)]
+    return normalizer.decode(torch.cat(chunks)).cpu()
+
+
+# ---------------------------------------------------------------- teacher
+
+
+class TeacherTrainer:
+    """DDPM pretraining with Adam and a cosine learning-rate decay."""
+
+    def __init__(self, ddpm: DDPM, data: BatchSampler, lr: float, steps: int) -> None:
+        self.ddpm, self.data = ddpm, data
+        self.optimizer = torch.optim.Adam(ddpm.parameters(), lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(steps, 1))
+
+    def step(self) -> dict[str, Tensor]:
+        loss = self.ddpm.loss(next(self.data))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss_ddpm": loss.detach()}
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "ddpm": self.ddpm.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data_rng": self.data.generator.get_state(),
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.ddpm.load_state_dict(state["ddpm"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.generator.set_state(state["data_rng"])
+
+
+def build_teacher(config: ExperimentConfig, dim: int) -> DDPM:
+    return DDPM(_mlp(config, dim, dim), num_steps=config.pretrain.num_timesteps)
+
+
+def pretrain(config: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a DDPM teacher; model.pt holds the eps model, the normaliser and D."""
+    device = _setup(config)
+    data = load_point_data(config)
+    run = RunDir.open(out) if resume else RunDir.create(out, to_yaml(config))
+    if resume:
+        config = from_yaml(run.config_yaml)
+    ddpm = build_teacher(config, data.dim).to(device)
+    trainer = TeacherTrainer(ddpm, BatchSampler(data.normalizer.encode(data.train).to(device), config.pretrain.batch_size, config.seed), config.pretrain.lr, config.pretrain.steps)
+    eval_horizon = min(config.pretrain.eval_horizon, config.pretrain.num_timesteps)
+
+    def evaluate_teacher() -> dict[str, float]:
+        policy = ddpm.step_policy(eval_horizon, (data.dim,), kind="strided")
+        return evaluate_samples(_draw(policy, config.data.n_eval, config.seed, data.normalizer, device), data.val, None, data)
+
+    def model_state() -> dict[str, Any]:
+        return {"kind": "teacher", "eps_model": ddpm.eps_model.state_dict(), "normalizer": data.normalizer.state_dict(), "dim": data.dim}
+
+    p = config.pretrain
+    loop = LoopConfig(p.steps, log_every=100, eval_every=max(p.steps // 4, 1), checkpoint_every=max(p.steps // 4, 1))
+    result = fit(trainer, run, loop, evaluate_teacher, model_state, resume=resume, progress=progress)
+    _finish(run, ddpm.step_policy(eval_horizon, (data.dim,), kind="strided"), None, data, config, device)
+    return result
+
+
+# ---------------------------------------------------------------- DxMI
+
+
+@dataclass
+class DxMIModels:
+    policy: GaussianStepPolicy
+    value: TimeMLP
+    energy: nn.Module
+    mdp: ChainMDP
+
+
+def build_dxmi_models(config: ExperimentConfig, dim: int, teacher: dict[str, Any] | None) -> DxMIModels:
+    """The T-step sampler (from the teacher's eps model, or the same network freshly initialised),
+    the time-dependent value V(x, t) and the energy (its own MLP, or V(., T))."""
+    t = config.train
+    if teacher is not None and teacher["dim"] != dim:
+        raise ValueError(f"the teacher was trained on D = {teacher['dim']} but the data have D = {dim}")
+    ddpm = build_teacher(config, dim)
+    if teacher is not None:
+        ddpm.eps_model.load_state_dict(teacher["eps_model"])
+    policy = ddpm.step_policy(t.horizon, (dim,), kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
+    value = TimeMLP(dim, 1, hidden=config.net.hidden, depth=config.net.depth, time_dim=config.net.time_dim)
+    energy = AtTime(_mlp(config, dim, 1), 0) if t.separate_energy else AtTime(value, t.horizon)
+    reward = EnergyReward(energy, lr=t.lr_energy, gamma=t.gamma)
+    mdp = ChainMDP(reward, (dim,), policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay)
+    return DxMIModels(policy, value, energy, mdp)
+
+
+def _load_teacher(path: str | None, data: PointData) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    state = RunDir.open(path).load_model()
+    if state.get("kind") != "teacher":
+        raise ValueError(f"{path} is not a teacher run (model.pt kind = {state.get('kind')!r})")
+    _check_dim(data, state["dim"], f"the teacher at {path}")
+    return state
+
+
+def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """DxMI from a teacher run (config.train.teacher) or from scratch; model.pt keeps the best
+    validation SW. The reported numbers come from ``evaluate`` on the test split."""
+    if resume:
+        config = from_yaml(RunDir.open(out).config_yaml)
+    device = _setup(config)
+    data = load_point_data(config)
+    teacher = _load_teacher(config.train.teacher, data)
+    run = RunDir.open(out) if resume else RunDir.create(out, to_yaml(config))
+    m = build_dxmi_models(config, data.dim, teacher)
+    for module in (m.policy, m.value, m.mdp):
+        module.to(device)
+    t = config.train
+    agent_config = DxDPConfig(
+        tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value,
+        value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
+        target_update=t.target_update,
+    )
+    agent = DxDP(m.policy, m.value, m.mdp, agent_config)
+    batches = BatchSampler(data.normalizer.encode(data.train).to(device), t.batch_size, config.seed)
+    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay)
+
+    def evaluate_dxmi() -> dict[str, float]:
+        samples = _draw(dxmi.sampling_policy, config.data.n_eval, config.seed, data.normalizer, device)
+        metrics = evaluate_samples(samples, data.val, m.energy, data)
+        metrics.update({f"sigma_{i}": float(s) for i, s in enumerate(m.policy.sigma.detach())})
+        return metrics
+
+    def model_state() -> dict[str, Any]:
+        return {
+            "kind": "dxmi",
+            "policy": dxmi.sampling_policy.state_dict(),
+            "value": m.value.state_dict(),
+            "mdp": m.mdp.state_dict(),
+            "normalizer": data.normalizer.state_dict(),
+            "dim": data.dim,
+        }
+
+    loop = LoopConfig(t.steps, t.log_every, t.eval_every, t.checkpoint_every, select_metric="sw")
+    result = fit(dxmi, run, loop, evaluate_dxmi, model_state, resume=resume, progress=progress)
+    best = restore(run)
+    _finish(run, best.policy, best, data, config, device)
+    return result
+
+
+# ---------------------------------------------------------------- using finished runs
+
+
+def restore(run: RunDir) -> DxMIModels:
+    """The selected DxMI models of a run (model.pt), on the CPU."""
+    config = from_yaml(run.config_yaml)
+    state = run.load_model()
+    if state["kind"] != "dxmi":
+        raise ValueError(f"{run.path} is a {state['kind']} run, not a DxMI run")
+    m = build_dxmi_models(config, state["dim"], None)
+    m.policy.load_state_dict(state["policy"])
+    m.value.load_state_dict(state["value"])
+    m.mdp.load_state_dict(state["mdp"])
+    return m
+
+
+def _sampler_of(run: RunDir, steps: int | None) -> tuple[GaussianStepPolicy, nn.Module | None, Normalizer, int, ExperimentConfig]:
+    config = from_yaml(run.config_yaml)
+    state = run.load_model()
+    normalizer = Normalizer.from_state_dict(state["normalizer"])
+    if state["kind"] == "teacher":
+        ddpm = build_teacher(config, state["dim"])
+        ddpm.eps_model.load_state_dict(state["eps_model"])
+        horizon = steps or config.pretrain.num_timesteps
+        return ddpm.step_policy(horizon, (state["dim"],), kind="strided"), None, normalizer, state["dim"], config
+    if steps is not None and steps != config.train.horizon:
+        raise ValueError(f"{run.path} is a DxMI sampler trained for T = {config.train.horizon} steps; it cannot sample with {steps}")
+    m = restore(run)
+    return m.policy, m.energy, normalizer, state["dim"], config
+
+
+def sample(run_path: str | Path, n: int, steps: int | None = None, seed: int = 0) -> np.ndarray:
+    """n samples (n, D) in the data's own units from a run's selected model; a teacher run
+    samples with ``steps`` of its own chain (default: all of them)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    policy, _, normalizer, _, _ = _sampler_of(RunDir.open(run_path), steps)
+    return _draw(policy, n, seed, normalizer, torch.device("cpu")).numpy()
+
+
+def evaluate(run_path: str | Path, n: int | None = None, steps: int | None = None, seed: int = 0, data_path: str | None = None) -> dict[str, Any]:
+    """Test-split metrics of a run's selected model: SW, MMD and (DxMI runs) energy AUC."""
+    run = RunDir.open(run_path)
+    policy, energy, normalizer, dim, config = _sampler_of(run, steps)
+    if data_path is not None:
+        config.data.name = data_path
+    data = load_point_data(config)
+    _check_dim(data, dim, f"the model at {run_path}")
+    data.normalizer = normalizer
+    n = n or data.test.shape[0]
+    samples = _draw(policy, n, seed + 1, normalizer, torch.device("cpu"))
+    return {"run": str(run_path), "steps": policy.horizon, "n": n, **evaluate_samples(samples, data.test, energy, data)}
+
+
+def _finish(run: RunDir, policy: GaussianStepPolicy, models: DxMIModels | None, data: PointData, config: ExperimentConfig, device) -> None:
+    """samples.npy and the PNG plots of a finished run."""
+    policy = policy.to(device)
+    samples = _draw(policy, config.data.n_eval, config.seed + 1, data.normalizer, device)
+    np.save(run.path / "samples.npy", samples.numpy())
+    if data.dim != 2:
+        return
+    plot_samples(samples, data.test, run.path / "samples.png", title=f"{policy.horizon}-step samples over the test data")
+    if models is None:
+        return
+    box = float(data.outliers.abs().max())
+    enc = data.normalizer.encode
+    panels = {
+        f"V(x, {t})": (lambda x, t=t: models.value(enc(x), torch.full((x.shape[0],), t)).cpu())
+        for t in range(policy.horizon)
+    }
+    panels["E(x)"] = lambda x: models.energy(enc(x)).cpu()
+    plot_heatmaps(panels, box, run.path / "value_energy.png")

@@ -1,0 +1,44 @@
+"""PNG plots of 2-D runs: samples over the data, and V(., t) / E heatmaps (the paper's Figure 3)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+__all__ = ["plot_samples", "plot_heatmaps"]
+
+
+def plot_samples(samples: Tensor, data: Tensor, path: str | Path, title: str = "") -> None:
+    """Scatter of samples (N, 2) over data (M, 2), both in data units."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(data[:, 0], data[:, 1], s=1, alpha=0.3, c="tab:gray", label="data")
+    ax.scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.3, c="tab:red", label="samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heatmaps(panels: dict[str, Callable[[Tensor], Tensor]], box: float, path: str | Path, resolution: int = 200) -> None:
+    """One heatmap per panel: name -> f(points (N, 2) in data units) -> (N,), on [-box, box]^2."""
+    axis = torch.linspace(-box, box, resolution)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3), squeeze=False)
+    for ax, (name, fn) in zip(axes[0], panels.items()):
+        with torch.no_grad():
+            values = fn(grid).reshape(resolution, resolution)
+        ax.imshow(values.cpu(), origin="lower", extent=(-box, box, -box, box), cmap="viridis")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
