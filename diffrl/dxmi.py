@@ -22,17 +22,27 @@ __all__ = ["DxMI"]
 class DxMI:
     """Joint training of a sampler (through ``agent``) and ``mdp.reward``.
 
-    data: an iterator of data batches (B, *event_shape), already normalised.
+    data: an iterator of data batches (B, *event_shape), already normalised; required when the
+    reward is learnable. With a fixed reward, give ``batch_size`` instead (plain max-ent RL).
     ema_decay: keep an exponential moving average of the policy for evaluation and sampling
     (None: evaluate the raw policy).
     """
 
-    def __init__(self, agent: Agent, mdp: ChainMDP, data: Iterator[Tensor], ema_decay: float | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        mdp: ChainMDP,
+        data: Iterator[Tensor] | None = None,
+        batch_size: int | None = None,
+        ema_decay: float | None = None,
+    ) -> None:
+        if data is None and (mdp.reward.learnable or batch_size is None):
+            raise ValueError("give data batches (a learnable reward needs them) or, for a fixed reward, a batch_size")
         if agent.policy.horizon != mdp.horizon:
             raise ValueError(f"agent horizon {agent.policy.horizon} != MDP horizon {mdp.horizon}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
-        self.agent, self.mdp, self.data, self.ema_decay = agent, mdp, data, ema_decay
+        self.agent, self.mdp, self.data, self.batch_size, self.ema_decay = agent, mdp, data, batch_size, ema_decay
         self.ema_policy = copy.deepcopy(agent.policy).requires_grad_(False) if ema_decay is not None else None
 
     @property
@@ -42,9 +52,10 @@ class DxMI:
 
     def step(self) -> dict[str, Tensor]:
         """One iteration on one data batch; returns detached metrics (no host sync)."""
-        x_data = next(self.data)
+        x_data = next(self.data) if self.data is not None else None
+        batch = x_data.shape[0] if x_data is not None else self.batch_size
         with torch.no_grad():
-            chain = rollout(self.agent.act, self.mdp.reset(x_data.shape[0], device=x_data.device), self.mdp.horizon)
+            chain = rollout(self.agent.act, self.mdp.reset(batch), self.mdp.horizon)
         self.mdp.update_velocity_scale(chain)
         metrics: dict[str, Tensor] = {}
         if self.mdp.reward.learnable:

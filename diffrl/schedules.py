@@ -73,6 +73,7 @@ def var_short_betas(horizon: int, betas: Tensor, iters: int = 200) -> Tensor:
     so that prod(1 - eta) matches the teacher's final alpha_bar; when that target is out of reach
     (always, for the linear 1000-step schedule) k ends at the upper bound.
     """
+    _check_horizon(horizon)
     beta0 = float(betas[0])
     target = float(alpha_bars(betas)[-1])
     i = torch.arange(horizon, dtype=_F64)
@@ -134,7 +135,9 @@ class ChainSchedule:
         n = betas.numel()
         if horizon > n:
             raise ValueError(f"horizon {horizon} exceeds the teacher's {n} steps")
-        steps = torch.round(torch.arange(n, 0, -n / horizon, dtype=_F64)).long() - 1
+        # [:horizon]: in floating point the arange can overshoot by one element near 0 (e.g. T = 61 of
+        # 1000), which became step -1, i.e. alpha_bar[-1], and a schedule that failed its own checks
+        steps = torch.round(torch.arange(n, 0, -n / horizon, dtype=_F64)[:horizon]).long() - 1
         levels = torch.cat([alpha_bars(betas)[steps], torch.ones(1, dtype=_F64)])
         return cls(levels, steps.to(_F64))
 

@@ -1,0 +1,383 @@
+"""Seconds per DxMI iteration: the library's ``DxMI.step()`` against the same maths in one plain-torch function.
+
+    python benchmarks/iteration_speed.py                 # equivalence check, timings, memory, docs/results/speed.json
+    python benchmarks/iteration_speed.py --batches 128   # one batch size only
+
+What it does, top to bottom:
+  1. equivalence: from identical weights and the same seed, ``--check-iters`` iterations of the
+     library and of ``plain_dxmi_iteration`` must leave identical policy, sigma, AVR, value and
+     energy parameters (and identical parameter *changes*, so a tiny learning rate cannot hide a
+     wrong update). Checked with the default config and with large learning rates. The script
+     refuses to time code that disagrees.
+  2. timing: per batch size, warm-up, then ``--rounds`` rounds of ``--iters`` iterations of each,
+     interleaved in alternating order in this one process; median seconds per iteration.
+  3. memory: peak RSS (ru_maxrss) of a fresh child process running ``--mem-iters`` iterations.
+  4. a markdown table on stdout and ``docs/results/speed.json``.
+
+The plain function mirrors the library's order of random draws exactly (global RNG):
+x_0 ~ randn(B, D); per step t the noise randn(B, D) (``diffrl.policy.rollout``); then in the
+sampler step ``randint(T, (B,))`` for t, ``randint(B, (B,))`` for b and ``randn_like`` for the
+reparametrised noise. Data batches come from their own generator (``diffrl.data.BatchSampler``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- the plain version
+
+
+@dataclass
+class PlainState:
+    """Everything one plain DxMI iteration reads and writes; no diffrl objects except TimeMLP nets."""
+
+    # networks (diffrl.nets.TimeMLP) and the trainable log sigma_t
+    eps_model: nn.Module  # eps_theta(x, tau) -> (B, D)
+    value: nn.Module  # V(x, t) -> (B,), t = 0..T-1
+    energy: nn.Module  # E(x) = energy(x, energy_time) -> (B,)
+    log_sigma_train: nn.Parameter  # (T,) or (T - 1,) with fix_last
+    log_sigma_fixed: Tensor  # (0,) or (1,)
+    velocity_scale_sq: Tensor  # (T,) s_t^2, updated in place by AVR
+    # the schedule's numbers: x_{t+1} = c_x[t] x + c_eps[t] eps(x, tau[t]) + sigma_t z
+    c_x: Tensor
+    c_eps: Tensor
+    tau: Tensor
+    energy_time: float
+    # hyperparameters
+    tau_velocity: float
+    tau_entropy: float
+    gamma: float
+    avr_decay: float
+    sampler_grad_clip: float
+    # optimisers
+    energy_opt: torch.optim.Optimizer
+    value_opt: torch.optim.Optimizer
+    policy_opt: torch.optim.Optimizer  # groups: [eps_model params], [log_sigma_train]
+    # data: minibatches with replacement from their own generator
+    data: Tensor
+    batch_size: int
+    data_generator: torch.Generator
+
+
+def plain_dxmi_iteration(s: PlainState) -> dict[str, Tensor]:
+    """One DxMI iteration (spec section 8) in plain torch: sample, AVR, energy step, T value steps, sampler step."""
+    T, B = s.c_x.numel(), s.batch_size
+    x_data = s.data[torch.randint(0, s.data.shape[0], (B,), generator=s.data_generator)]
+
+    # 1. B chains x_0..x_T from the current sampler, no grad
+    with torch.no_grad():
+        sigma = torch.cat([s.log_sigma_train, s.log_sigma_fixed]).exp()
+        x = torch.randn(x_data.shape)
+        chain = [x]
+        for t in range(T):
+            z = torch.randn(x.shape)
+            x = s.c_x[t] * x + s.c_eps[t] * s.eps_model(x, s.tau[t]) + sigma[t] * z
+            chain.append(x)
+        chain = torch.stack(chain)  # (T + 1, B, D)
+
+    # 2. AVR: s_t^2 <- alpha s_t^2 + (1 - alpha) mean_b mean_d (x_{t+1} - x_t)^2
+    with torch.no_grad():
+        step_sq = (chain[1:] - chain[:-1]).flatten(2).pow(2).mean((1, 2))
+        s.velocity_scale_sq.mul_(s.avr_decay).add_((1 - s.avr_decay) * step_sq)
+    s2 = s.velocity_scale_sq
+
+    def energy(x: Tensor) -> Tensor:
+        return s.energy(x, torch.full((x.shape[0],), s.energy_time))
+
+    # 3. one contrastive energy step: mean E(data) - mean E(x_T) + gamma (mean E(data)^2 + mean E(x_T)^2)
+    e = energy(torch.cat([x_data, chain[-1]]))
+    e_data, e_model = e[:B], e[B:]
+    loss_energy = e_data.mean() - e_model.mean() + s.gamma * ((e_data**2).mean() + (e_model**2).mean())
+    s.energy_opt.zero_grad(set_to_none=True)
+    loss_energy.backward()
+    s.energy_opt.step()
+
+    # 4. T value TD steps, t = T-1 .. 0; target sg[V(x_{t+1}, t+1)] + tau_v v_t - tau_e log sigma_t, V(., T) = E
+    log_sigma = torch.cat([s.log_sigma_train, s.log_sigma_fixed]).detach()
+    value_losses = []
+    for t in reversed(range(T)):
+        x, x_next = chain[t], chain[t + 1]
+        with torch.no_grad():
+            v_next = energy(x_next) if t == T - 1 else s.value(x_next, torch.full((B,), t + 1.0))
+            velocity = (x_next - x).flatten(1).pow(2).mean(1) / (2 * s2[t])
+            target = v_next + s.tau_velocity * velocity - s.tau_entropy * log_sigma[t]
+        loss_value = (s.value(x, torch.full((B,), float(t))) - target).pow(2).mean()
+        s.value_opt.zero_grad(set_to_none=True)
+        loss_value.backward()
+        s.value_opt.step()
+        value_losses.append(loss_value.detach())
+
+    # 5. one sampler step on B states drawn uniformly over (t, b): reparametrised x', loss V(x', t+1) + tau_v v - tau_e log sigma_t
+    t_idx = torch.randint(0, T, (B,))
+    b_idx = torch.randint(0, B, (B,))
+    x = chain[t_idx, b_idx]
+    log_sigma = torch.cat([s.log_sigma_train, s.log_sigma_fixed])
+    z = torch.randn_like(x)
+    mean = s.c_x[t_idx].view(-1, 1) * x + s.c_eps[t_idx].view(-1, 1) * s.eps_model(x, s.tau[t_idx])
+    x_next = mean + log_sigma.exp()[t_idx].view(-1, 1) * z
+    t_next = t_idx + 1
+    last = t_next == T  # V(x', T) = E(x'), V(x', t+1) = value otherwise
+    i_last, i_value = last.nonzero().squeeze(1), (~last).nonzero().squeeze(1)
+    cost_to_go = torch.empty(B)
+    cost_to_go[i_value] = s.value(x_next[i_value], t_next[i_value].float())
+    cost_to_go[i_last] = energy(x_next[i_last])
+    velocity = (x_next - x).flatten(1).pow(2).mean(1) / (2 * s2[t_idx])
+    loss_sampler = (cost_to_go + s.tau_velocity * velocity - s.tau_entropy * log_sigma[t_idx]).mean()
+    policy_params = [p for group in s.policy_opt.param_groups for p in group["params"]]
+    s.policy_opt.zero_grad(set_to_none=True)
+    loss_sampler.backward(inputs=policy_params)
+    nn.utils.clip_grad_norm_(policy_params, s.sampler_grad_clip)
+    s.policy_opt.step()
+
+    return {"loss_energy": loss_energy.detach(), "loss_value": torch.stack(value_losses).mean(), "loss_sampler": loss_sampler.detach()}
+
+
+# ----------------------------------------------------------------------------- building both from one config
+
+
+def build_library(config, data: Tensor, seed: int):
+    """The library's DxMI exactly as ``diffrl.experiment.train`` wires a 2D run (CPU)."""
+    from diffrl.agents.dxdp import DxDP, DxDPConfig
+    from diffrl.data import BatchSampler
+    from diffrl.dxmi import DxMI
+    from diffrl.experiment import build_dxmi_models
+
+    torch.manual_seed(seed)
+    m = build_dxmi_models(config, data.shape[1], None)
+    t = config.train
+    agent_config = DxDPConfig(
+        tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value,
+        value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
+        target_update=t.target_update,
+    )
+    agent = DxDP(m.policy, m.value, m.mdp, agent_config)
+    return DxMI(agent, m.mdp, BatchSampler(data, t.batch_size, seed), ema_decay=t.ema_decay)
+
+
+def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:
+    """A PlainState with a deep copy of the library's initial weights and AVR buffer, and fresh optimisers."""
+    t = config.train
+    if t.value_target != "running" or t.target_update is not None or t.ema_decay is not None or t.avr_decay is None:
+        raise ValueError("the plain version covers running-cost targets, no target network, no EMA, AVR on")
+    policy, mdp = dxmi.agent.policy, dxmi.mdp
+    energy_at = mdp.reward.energy  # AtTime(net, time)
+    nets = copy.deepcopy({"eps": policy.mean_model.eps_model, "value": dxmi.agent.value, "energy": energy_at.net})
+    log_sigma_train = nn.Parameter(policy.log_sigma_train.detach().clone())
+    return PlainState(
+        eps_model=nets["eps"], value=nets["value"], energy=nets["energy"],
+        log_sigma_train=log_sigma_train, log_sigma_fixed=policy.log_sigma_fixed.clone(),
+        velocity_scale_sq=mdp.velocity_scale_sq.clone(),
+        c_x=policy.mean_model.c_x.clone(), c_eps=policy.mean_model.c_eps.clone(), tau=policy.mean_model.timesteps.clone(),
+        energy_time=energy_at.t,
+        tau_velocity=t.tau_velocity, tau_entropy=t.tau_entropy, gamma=t.gamma, avr_decay=t.avr_decay,
+        sampler_grad_clip=t.sampler_grad_clip,
+        energy_opt=torch.optim.Adam(nets["energy"].parameters(), lr=t.lr_energy),
+        value_opt=torch.optim.Adam(nets["value"].parameters(), lr=t.lr_value),
+        policy_opt=torch.optim.Adam(
+            [{"params": list(nets["eps"].parameters()), "lr": t.lr_sampler}, {"params": [log_sigma_train], "lr": t.lr_sigma}]
+        ),
+        data=data, batch_size=t.batch_size, data_generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def make_config(batch: int, hidden: int = 128, depth: int = 3, time_dim: int = 64, overrides: list[str] | None = None):
+    from diffrl.config import load_config
+
+    return load_config(None, [f"train.batch_size={batch}", f"net.hidden={hidden}", f"net.depth={depth}", f"net.time_dim={time_dim}", *(overrides or [])])
+
+
+def make_data(n: int, seed: int) -> Tensor:
+    from diffrl.data import Normalizer, toy_data
+
+    raw = toy_data("8gaussians", n, seed)
+    return Normalizer.fit(raw).encode(raw)
+
+
+def named_state(dxmi) -> dict[str, Tensor]:
+    policy, mdp = dxmi.agent.policy, dxmi.mdp
+    out = {f"eps.{k}": v for k, v in policy.mean_model.eps_model.state_dict().items()}
+    out.update({f"value.{k}": v for k, v in dxmi.agent.value.state_dict().items()})
+    out.update({f"energy.{k}": v for k, v in mdp.reward.energy.net.state_dict().items()})
+    out["log_sigma"] = policy.log_sigma.detach()
+    out["velocity_scale_sq"] = mdp.velocity_scale_sq
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+def named_state_plain(s: PlainState) -> dict[str, Tensor]:
+    out = {f"eps.{k}": v for k, v in s.eps_model.state_dict().items()}
+    out.update({f"value.{k}": v for k, v in s.value.state_dict().items()})
+    out.update({f"energy.{k}": v for k, v in s.energy.state_dict().items()})
+    out["log_sigma"] = torch.cat([s.log_sigma_train, s.log_sigma_fixed]).detach()
+    out["velocity_scale_sq"] = s.velocity_scale_sq
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+def check_equivalence(config, data: Tensor, iters: int, seed: int = 0, rtol: float = 1e-6, atol: float = 1e-7) -> dict:
+    """Run both from identical weights and seed; assert identical parameters and parameter changes.
+
+    Returns {"iters", "bitwise": bool, "max_abs_diff": float, "min_rel_change": ...}; raises AssertionError on mismatch.
+    """
+    dxmi = build_library(config, data, seed)
+    plain = plain_from_library(dxmi, config, data, seed)
+    start = named_state(dxmi)
+    assert named_state_plain(plain).keys() == start.keys()
+    torch.manual_seed(seed + 1)
+    for _ in range(iters):
+        dxmi.step()
+    torch.manual_seed(seed + 1)
+    for _ in range(iters):
+        plain_dxmi_iteration(plain)
+    lib, pln = named_state(dxmi), named_state_plain(plain)
+    bitwise, max_diff, moved = True, 0.0, []
+    for k in start:
+        torch.testing.assert_close(pln[k], lib[k], rtol=rtol, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(pln[k] - start[k], lib[k] - start[k], rtol=1e-5, atol=atol, msg=lambda m, k=k: f"change of {k}: {m}")
+        bitwise &= torch.equal(pln[k], lib[k])
+        max_diff = max(max_diff, float((pln[k] - lib[k]).abs().max()))
+        moved.append(float((lib[k] - start[k]).abs().max()))
+    return {"iters": iters, "bitwise": bitwise, "max_abs_diff": max_diff, "smallest_max_change": min(moved)}
+
+
+# ----------------------------------------------------------------------------- timing and memory
+
+
+def time_block(step, iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - t0) / iters
+
+
+def child_memory(kind: str, batch: int, iters: int, threads: int) -> dict:
+    """Peak RSS of a fresh process that builds one version and runs ``iters`` iterations."""
+    cmd = [sys.executable, __file__, "--mem-child", kind, "--batches", str(batch), "--mem-iters", str(iters), "--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mem_child(kind: str, batch: int, iters: int) -> None:
+    config = make_config(batch)
+    data = make_data(config.data.n_train, 0)
+    dxmi = build_library(config, data, 0)
+    step = dxmi.step
+    if kind == "plain":
+        plain = plain_from_library(dxmi, config, data, 0)
+        del dxmi
+        step = lambda: plain_dxmi_iteration(plain)  # noqa: E731
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(iters):
+        step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"kind": kind, "batch": batch, "iters": iters, "maxrss_before_mib": before / 1024, "maxrss_mib": after / 1024}))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[128, 4096])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=50, help="iterations per timed block")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--check-iters", type=int, default=20)
+    parser.add_argument("--mem-iters", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(REPO / "docs" / "results" / "speed.json"))
+    parser.add_argument("--mem-child", choices=["library", "plain"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.mem_child:
+        mem_child(args.mem_child, args.batches[0], args.mem_iters)
+        sys.exit(0)
+
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    print(f"command: {command}\n")
+    data = make_data(50_000, args.seed)
+
+    # 1. equivalence, or no timing at all
+    checks = {}
+    for name, overrides in [
+        ("default config, batch 128", []),
+        ("large learning rates, batch 128", ["train.lr_sampler=1e-3", "train.lr_sigma=1e-2", "train.lr_value=1e-2", "train.lr_energy=1e-2"]),
+    ]:
+        try:
+            checks[name] = check_equivalence(make_config(128, overrides=overrides), data, args.check_iters, args.seed)
+        except AssertionError as e:
+            print(f"EQUIVALENCE FAILED ({name}): {e}\nrefusing to time code that disagrees.")
+            sys.exit(1)
+        c = checks[name]
+        print(f"equivalence ({name}): {c['iters']} iterations, bitwise identical: {c['bitwise']}, max |diff| {c['max_abs_diff']:.1e}")
+    print()
+
+    # 2. timing, interleaved, alternating order
+    results = []
+    for batch in args.batches:
+        config = make_config(batch)
+        dxmi = build_library(config, data, args.seed)
+        plain = plain_from_library(dxmi, config, data, args.seed)
+        steps = {"library": dxmi.step, "plain": lambda: plain_dxmi_iteration(plain)}
+        for step in steps.values():
+            time_block(step, args.warmup)
+        per_iter = {"library": [], "plain": []}
+        for r in range(args.rounds):
+            order = ["library", "plain"] if r % 2 == 0 else ["plain", "library"]
+            for kind in order:
+                per_iter[kind].append(time_block(steps[kind], args.iters))
+        lib, pln = statistics.median(per_iter["library"]), statistics.median(per_iter["plain"])
+        row = {"batch": batch, "library_s_per_iter": lib, "plain_s_per_iter": pln, "ratio": lib / pln, "rounds": per_iter}
+        print(f"batch {batch}: library {lib * 1e3:.3f} ms/iter, plain {pln * 1e3:.3f} ms/iter, ratio {lib / pln:.3f}", flush=True)
+        results.append(row)
+
+    # 3. peak memory of fresh processes
+    for row in results:
+        for kind in ("library", "plain"):
+            m = child_memory(kind, row["batch"], args.mem_iters, args.threads)
+            row[f"{kind}_maxrss_mib"] = m["maxrss_mib"]
+            row[f"{kind}_maxrss_before_iters_mib"] = m["maxrss_before_mib"]
+
+    # 4. report
+    print("\n| batch | library s/iter | plain s/iter | library / plain | library peak RSS (MiB) | plain peak RSS (MiB) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r['batch']} | {r['library_s_per_iter']:.5f} | {r['plain_s_per_iter']:.5f} | {r['ratio']:.3f} "
+            f"| {r['library_maxrss_mib']:.0f} | {r['plain_maxrss_mib']:.0f} |"
+        )
+    print(f"\nmedian of {args.rounds} interleaved blocks of {args.iters} iterations after {args.warmup} warm-up; "
+          f"peak RSS = ru_maxrss of a fresh process after {args.mem_iters} iterations; D=2, T=5, TimeMLP hidden 128 depth 3; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    report = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": {"processor": platform.processor(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "setup": {"D": 2, "T": 5, "hidden": 128, "depth": 3, "time_dim": 64, "rounds": args.rounds, "iters_per_block": args.iters,
+                  "warmup": args.warmup, "mem_iters": args.mem_iters},
+        "equivalence": checks,
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {os.path.relpath(args.out, REPO)}")

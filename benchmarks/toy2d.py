@@ -1,0 +1,142 @@
+"""The paper's Table 1 re-measured on this machine, plus 2spirals and checkerboard.
+
+    python benchmarks/toy2d.py --seeds 0 1 2 --workers 2
+
+For each data set and seed: a DDPM teacher (1000 steps), evaluated with its own chain at
+T = 5, 10, 100, 1000 strided steps and with the naive 5-step VAR chain DxMI starts from; then
+DxMI at T = 5 with tau in {0, 0.01, 0.1, 1} from the teacher and tau = 0.1 from scratch
+(8gaussians), tau = 0.1 from the teacher (the others). Every number is a test-split metric of
+the run's selected model (best validation SW). Runs are resumable: finished runs are skipped.
+Writes docs/results/toy2d.json and prints the markdown table of docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+TAUS = (0.0, 0.01, 0.1, 1.0)
+DDPM_STEPS = (5, 10, 100, 1000)
+SCRATCH = ["train.lr_sampler=1e-4", "train.lr_sigma=1e-3", "train.steps=6000"]
+
+
+def _finished(run: Path) -> bool:
+    return (run / "model.pt").is_file() and (run / "samples.npy").is_file()
+
+
+def run_teacher(root: str, dataset: str, seed: int, overrides: list[str]) -> dict:
+    from diffrl import experiment
+    from diffrl.config import load_config
+
+    run = Path(root, dataset, f"teacher-s{seed}")
+    start = time.time()
+    if not _finished(run):
+        config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
+        experiment.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+    wall = time.time() - start
+    rows = {}
+    for steps in DDPM_STEPS:
+        rows[f"ddpm_{steps}"] = experiment.evaluate(run, steps=steps, seed=seed)
+    return {"dataset": dataset, "seed": seed, "teacher_seconds": wall, "rows": rows}
+
+
+def run_dxmi(root: str, dataset: str, seed: int, name: str, overrides: list[str]) -> dict:
+    from diffrl import experiment
+    from diffrl.config import load_config
+
+    run = Path(root, dataset, f"{name}-s{seed}")
+    start = time.time()
+    if not _finished(run):
+        config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
+        experiment.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+    wall = time.time() - start
+    metrics = experiment.evaluate(run, seed=seed)
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    naive = {"sw": first.get("eval/sw")}
+    return {"dataset": dataset, "seed": seed, "name": name, "seconds": wall, "test": metrics, "start_val": naive}
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--root", default="runs/bench-toy2d")
+    parser.add_argument("--datasets", nargs="+", default=["8gaussians", "2spirals", "checkerboard"])
+    parser.add_argument("--out", default="docs/results/toy2d.json")
+    parser.add_argument("--quick", action="store_true", help="tiny runs to check the plumbing")
+    args = parser.parse_args()
+    quick = ["pretrain.steps=200", "train.steps=100", "train.eval_every=50", "data.n_eval=1000"] if args.quick else []
+    start = time.time()
+
+    with ProcessPoolExecutor(args.workers) as pool:
+        teachers = [pool.submit(run_teacher, args.root, ds, s, quick) for ds in args.datasets for s in args.seeds]
+        teacher_results = [f.result() for f in teachers]
+        jobs = []
+        for ds in args.datasets:
+            taus = TAUS if ds == "8gaussians" else (0.1,)
+            for s in args.seeds:
+                teacher = f"train.teacher={Path(args.root, ds, f'teacher-s{s}')}"
+                for tau in taus:
+                    o = [teacher, f"train.tau_entropy={tau}", f"train.tau_velocity={tau}", *quick]
+                    jobs.append(pool.submit(run_dxmi, args.root, ds, s, f"dxmi-tau{tau}", o))
+                if ds == "8gaussians":
+                    jobs.append(pool.submit(run_dxmi, args.root, ds, s, "dxmi-scratch-tau0.1", [*SCRATCH, *quick]))
+        dxmi_results = [f.result() for f in jobs]
+    wall = time.time() - start
+
+    table: dict[str, dict] = {}
+    for ds in args.datasets:
+        rows: dict[str, dict] = {}
+        for key in [f"ddpm_{n}" for n in DDPM_STEPS]:
+            rows[key] = {"sw": mean_std([r["rows"][key]["sw"] for r in teacher_results if r["dataset"] == ds])}
+        names = sorted({r["name"] for r in dxmi_results if r["dataset"] == ds})
+        for name in names:
+            runs = [r for r in dxmi_results if r["dataset"] == ds and r["name"] == name]
+            rows[name] = {
+                "sw": mean_std([r["test"]["sw"] for r in runs]),
+                "auc": mean_std([r["test"]["auc"] for r in runs]),
+                "naive_val_sw": mean_std([r["start_val"]["sw"] for r in runs]),
+                "seconds": mean_std([r["seconds"] for r in runs]),
+            }
+        table[ds] = rows
+    result = {
+        "command": "python benchmarks/toy2d.py " + " ".join(f"--seeds {' '.join(map(str, args.seeds))}".split()) + (" --quick" if args.quick else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "wall_seconds_total": wall,
+        "teacher_seconds": mean_std([r["teacher_seconds"] for r in teacher_results]),
+        "table": table,
+        "runs": {"teachers": teacher_results, "dxmi": dxmi_results},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    def fmt(cell: dict | None) -> str:
+        return "" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+    lines = ["| data | method | T | pretrained | tau | SW (test) | AUC (test) |", "|---|---|---|---|---|---|---|"]
+    for ds, rows in result["table"].items():
+        for key, row in rows.items():
+            if key.startswith("ddpm_"):
+                lines.append(f"| {ds} | DDPM | {key[5:]} | | | {fmt(row['sw'])} | |")
+            else:
+                scratch = "scratch" in key
+                tau = key.rsplit("tau", 1)[1]
+                lines.append(f"| {ds} | DxMI | 5 | {'no' if scratch else 'yes'} | {tau} | {fmt(row['sw'])} | {fmt(row['auc'])} |")
+    lines.append(f"\nWall time: {result['wall_seconds_total'] / 60:.1f} min in all; {result['machine']}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
