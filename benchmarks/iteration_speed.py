@@ -1,7 +1,7 @@
 """Seconds per DxMI iteration: the library's ``DxMI.step()`` against the same maths in one plain-torch function.
 
-    python benchmarks/iteration_speed.py                 # equivalence check, timings, memory, docs/results/speed.json
-    python benchmarks/iteration_speed.py --batches 128   # one batch size only
+    python benchmarks/iteration_speed.py                                   # check, timings, memory, docs/results/speed.json
+    python benchmarks/iteration_speed.py --batches 128 --iters 50 --mem-iters 300   # one batch size only
 
 What it does, top to bottom:
   1. equivalence: from identical weights and the same seed, ``--check-iters`` iterations of the
@@ -9,9 +9,11 @@ What it does, top to bottom:
      energy parameters (and identical parameter *changes*, so a tiny learning rate cannot hide a
      wrong update). Checked with the default config and with large learning rates. The script
      refuses to time code that disagrees.
-  2. timing: per batch size, warm-up, then ``--rounds`` rounds of ``--iters`` iterations of each,
-     interleaved in alternating order in this one process; median seconds per iteration.
-  3. memory: peak RSS (ru_maxrss) of a fresh child process running ``--mem-iters`` iterations.
+  2. timing: per batch size, warm-up, then ``--rounds`` blocks of ``--iters`` iterations of each,
+     interleaved in alternating order in this one process; median wall-clock seconds per
+     iteration, and median CPU seconds of this thread (robust to other jobs on a shared machine).
+  3. memory: peak RSS (ru_maxrss, imports included) of a fresh child process running
+     ``--mem-iters`` iterations of one version.
   4. a markdown table on stdout and ``docs/results/speed.json``.
 
 The plain function mirrors the library's order of random draws exactly (global RNG):
@@ -259,11 +261,12 @@ def check_equivalence(config, data: Tensor, iters: int, seed: int = 0, rtol: flo
 # ----------------------------------------------------------------------------- timing and memory
 
 
-def time_block(step, iters: int) -> float:
-    t0 = time.perf_counter()
+def time_block(step, iters: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this thread) per iteration over ``iters`` calls of ``step``."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     for _ in range(iters):
         step()
-    return (time.perf_counter() - t0) / iters
+    return (time.perf_counter() - wall) / iters, (time.thread_time() - cpu) / iters
 
 
 def child_memory(kind: str, batch: int, iters: int, threads: int) -> dict:
@@ -280,13 +283,21 @@ def mem_child(kind: str, batch: int, iters: int) -> None:
     step = dxmi.step
     if kind == "plain":
         plain = plain_from_library(dxmi, config, data, 0)
-        del dxmi
+        del dxmi, step
         step = lambda: plain_dxmi_iteration(plain)  # noqa: E731
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(iters):
+    step()  # first iteration: lazy allocations of the BLAS and autograd
+    after_one = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(iters - 1):
         step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kind": kind, "batch": batch, "iters": iters, "maxrss_before_mib": before / 1024, "maxrss_mib": after / 1024}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"kind": kind, "batch": batch, "iters": iters, "maxrss_after_1_iter_mib": after_one / 1024, "maxrss_mib": peak / 1024}))
+
+
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 # ----------------------------------------------------------------------------- main
@@ -295,11 +306,11 @@ def mem_child(kind: str, batch: int, iters: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 4096])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=50, help="iterations per timed block")
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=int, nargs="+", default=[50, 10], help="iterations per timed block, one per batch size")
+    parser.add_argument("--mem-iters", type=int, nargs="+", default=[300, 30], help="iterations of the memory run, one per batch size")
+    parser.add_argument("--rounds", type=int, default=6, help="timed blocks of each version; the order alternates")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations of each version first")
     parser.add_argument("--check-iters", type=int, default=20)
-    parser.add_argument("--mem-iters", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "speed.json"))
@@ -308,11 +319,15 @@ if __name__ == "__main__":
     torch.set_num_threads(args.threads)
 
     if args.mem_child:
-        mem_child(args.mem_child, args.batches[0], args.mem_iters)
+        mem_child(args.mem_child, args.batches[0], args.mem_iters[0])
         sys.exit(0)
 
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    print(f"command: {command}\n")
+    per_batch = lambda values: values * len(args.batches) if len(values) == 1 else values  # noqa: E731
+    iters, mem_iters = per_batch(args.iters), per_batch(args.mem_iters)
+    if len(iters) != len(args.batches) or len(mem_iters) != len(args.batches):
+        parser.error("--iters and --mem-iters take one value, or one per batch size")
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command (cwd {os.getcwd()}): {command}\n")
     data = make_data(50_000, args.seed)
 
     # 1. equivalence, or no timing at all
@@ -327,57 +342,67 @@ if __name__ == "__main__":
             print(f"EQUIVALENCE FAILED ({name}): {e}\nrefusing to time code that disagrees.")
             sys.exit(1)
         c = checks[name]
-        print(f"equivalence ({name}): {c['iters']} iterations, bitwise identical: {c['bitwise']}, max |diff| {c['max_abs_diff']:.1e}")
+        print(f"equivalence ({name}): {c['iters']} iterations, parameters and their changes match; "
+              f"bitwise identical: {c['bitwise']}, max |diff| {c['max_abs_diff']:.1e}")
     print()
 
-    # 2. timing, interleaved, alternating order
+    # 2. timing, interleaved in alternating order
     results = []
-    for batch in args.batches:
+    for batch, n in zip(args.batches, iters):
         config = make_config(batch)
         dxmi = build_library(config, data, args.seed)
         plain = plain_from_library(dxmi, config, data, args.seed)
         steps = {"library": dxmi.step, "plain": lambda: plain_dxmi_iteration(plain)}
         for step in steps.values():
             time_block(step, args.warmup)
-        per_iter = {"library": [], "plain": []}
+        blocks = {"library": [], "plain": []}
         for r in range(args.rounds):
-            order = ["library", "plain"] if r % 2 == 0 else ["plain", "library"]
-            for kind in order:
-                per_iter[kind].append(time_block(steps[kind], args.iters))
-        lib, pln = statistics.median(per_iter["library"]), statistics.median(per_iter["plain"])
-        row = {"batch": batch, "library_s_per_iter": lib, "plain_s_per_iter": pln, "ratio": lib / pln, "rounds": per_iter}
-        print(f"batch {batch}: library {lib * 1e3:.3f} ms/iter, plain {pln * 1e3:.3f} ms/iter, ratio {lib / pln:.3f}", flush=True)
+            for kind in (["library", "plain"] if r % 2 == 0 else ["plain", "library"]):
+                blocks[kind].append(time_block(steps[kind], n))
+        row = {"batch": batch, "iters_per_block": n}
+        for kind in ("library", "plain"):
+            row[f"{kind}_s_per_iter"] = statistics.median(w for w, _ in blocks[kind])
+            row[f"{kind}_cpu_s_per_iter"] = statistics.median(c for _, c in blocks[kind])
+            row[f"{kind}_blocks_wall_cpu"] = blocks[kind]
+        row["ratio"] = row["library_s_per_iter"] / row["plain_s_per_iter"]
+        row["ratio_cpu"] = row["library_cpu_s_per_iter"] / row["plain_cpu_s_per_iter"]
+        print(f"batch {batch}: library {row['library_s_per_iter'] * 1e3:.2f} ms/iter, plain {row['plain_s_per_iter'] * 1e3:.2f} ms/iter, "
+              f"ratio {row['ratio']:.3f} (CPU time ratio {row['ratio_cpu']:.3f})", flush=True)
         results.append(row)
+        del dxmi, plain, steps
 
     # 3. peak memory of fresh processes
-    for row in results:
+    for row, n in zip(results, mem_iters):
         for kind in ("library", "plain"):
-            m = child_memory(kind, row["batch"], args.mem_iters, args.threads)
+            m = child_memory(kind, row["batch"], n, args.threads)
             row[f"{kind}_maxrss_mib"] = m["maxrss_mib"]
-            row[f"{kind}_maxrss_before_iters_mib"] = m["maxrss_before_mib"]
+            row[f"{kind}_maxrss_after_1_iter_mib"] = m["maxrss_after_1_iter_mib"]
+        row["mem_iters"] = n
 
     # 4. report
-    print("\n| batch | library s/iter | plain s/iter | library / plain | library peak RSS (MiB) | plain peak RSS (MiB) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| batch | library s/iter | plain s/iter | library / plain | (CPU time) | library peak RSS MiB | plain peak RSS MiB | memory run |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
-            f"| {r['batch']} | {r['library_s_per_iter']:.5f} | {r['plain_s_per_iter']:.5f} | {r['ratio']:.3f} "
-            f"| {r['library_maxrss_mib']:.0f} | {r['plain_maxrss_mib']:.0f} |"
+            f"| {r['batch']} | {r['library_s_per_iter']:.4f} | {r['plain_s_per_iter']:.4f} | {r['ratio']:.3f} | ({r['ratio_cpu']:.3f}) "
+            f"| {r['library_maxrss_mib']:.0f} | {r['plain_maxrss_mib']:.0f} | {r['mem_iters']} iters |"
         )
-    print(f"\nmedian of {args.rounds} interleaved blocks of {args.iters} iterations after {args.warmup} warm-up; "
-          f"peak RSS = ru_maxrss of a fresh process after {args.mem_iters} iterations; D=2, T=5, TimeMLP hidden 128 depth 3; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"\ns/iter: median wall clock of {args.rounds} interleaved blocks per version ({', '.join(map(str, iters))} iterations each) "
+          f"after {args.warmup} warm-up; CPU time = this thread's, robust to other jobs on the machine. Peak RSS = ru_maxrss of a "
+          f"fresh process (imports included) after the memory run. D=2, T=5, TimeMLP hidden 128 depth 3, time_dim 64; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     report = {
         "command": command,
+        "cwd": os.getcwd(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": {"processor": platform.processor(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "setup": {"D": 2, "T": 5, "hidden": 128, "depth": 3, "time_dim": 64, "rounds": args.rounds, "iters_per_block": args.iters,
-                  "warmup": args.warmup, "mem_iters": args.mem_iters},
+        "machine": {"processor": platform.processor(), "machine": platform.machine(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+                    "platform": platform.platform()},
+        "setup": {"D": 2, "T": 5, "hidden": 128, "depth": 3, "time_dim": 64, "rounds": args.rounds, "warmup": args.warmup},
         "equivalence": checks,
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {os.path.relpath(args.out, REPO)}")
+    print(f"wrote {args.out}")

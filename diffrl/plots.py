@@ -17,6 +17,7 @@ __all__ = ["plot_samples", "plot_heatmaps"]
 def plot_samples(samples: Tensor, data: Tensor, path: str | Path, title: str = "") -> None:
     """Scatter of samples (N, 2) over data (M, 2), both in data units."""
     fig, ax = plt.subplots(figsize=(5, 5))
+    data, samples = data.cpu().numpy(), samples.cpu().numpy()
     ax.scatter(data[:, 0], data[:, 1], s=1, alpha=0.3, c="tab:gray", label="data")
     ax.scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.3, c="tab:red", label="samples")
     ax.set_aspect("equal")

@@ -17,7 +17,6 @@ from diffrl.metrics import sliced_wasserstein
 from diffrl.nets import AtTime, TimeMLP
 from diffrl.rewards import EnergyReward, FixedReward
 
-torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared 2-core machine
 
 SEED = 0
 

@@ -13,7 +13,6 @@ from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
 from diffrl.rewards import FixedReward
 
-torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared 2-core machine
 
 T, D = 3, 2
 SCALES = torch.tensor([0.8, 0.5, 0.3])  # s_t

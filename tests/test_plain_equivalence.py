@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared 2-core machine
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "iteration_speed.py"
 

@@ -9,7 +9,6 @@ from diffrl.nets import TimeMLP
 from diffrl.policy import DDIMMean, GaussianStepPolicy
 from diffrl.schedules import ChainSchedule
 
-torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared 2-core machine
 
 SIGMA = torch.tensor([0.9, 0.5, 0.2, 0.05])
 T = SIGMA.numel()

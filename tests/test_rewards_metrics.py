@@ -13,7 +13,6 @@ from diffrl.data import Normalizer, load_array, toy_data
 from diffrl.metrics import energy_auc, mmd_rbf, roc_auc, sliced_wasserstein
 from diffrl.rewards import EnergyReward, FixedReward, contrastive_energy_loss
 
-torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared 2-core machine
 
 
 # ------------------------------------------------------------------ rewards

@@ -9,7 +9,6 @@ import torch
 
 from diffrl.schedules import ChainSchedule, continuous_timestep, linear_betas, var_short_betas
 
-torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared 2-core machine
 
 SPEC_ETA_10 = [1e-4, 0.011025, 0.04, 0.087025, 0.1521, 0.235225, 0.3364, 0.455625, 0.5929, 0.748225]
 SPEC_ETA_4 = [1e-4, 0.0613, 0.2352, 0.5220]  # the spec rounds these to 4 decimals
