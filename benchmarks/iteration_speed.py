@@ -12,8 +12,8 @@ What it does, top to bottom:
   2. timing: per batch size, warm-up, then ``--rounds`` blocks of ``--iters`` iterations of each,
      interleaved in alternating order in this one process; median wall-clock seconds per
      iteration, and median CPU seconds of this thread (robust to other jobs on a shared machine).
-  3. memory: peak RSS (ru_maxrss, imports included) of a fresh child process running
-     ``--mem-iters`` iterations of one version.
+  3. memory: peak RSS (ru_maxrss) of a fresh child process over ``--mem-iters`` iterations of
+     one version, its high-water mark reset after imports and set-up (Linux clear_refs).
   4. a markdown table on stdout and ``docs/results/speed.json``.
 
 The plain function mirrors the library's order of random draws exactly (global RNG):
@@ -276,7 +276,15 @@ def child_memory(kind: str, batch: int, iters: int, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def rss_mib() -> float:
+    """Current resident set size of this process (Linux), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def mem_child(kind: str, batch: int, iters: int) -> None:
+    """Build one version, then run ``iters`` iterations; ru_maxrss is reset (Linux clear_refs) just
+    before the run, so its peak is the run's own, not the imports' or the set-up's."""
     config = make_config(batch)
     data = make_data(config.data.n_train, 0)
     dxmi = build_library(config, data, 0)
@@ -285,12 +293,19 @@ def mem_child(kind: str, batch: int, iters: int) -> None:
         plain = plain_from_library(dxmi, config, data, 0)
         del dxmi, step
         step = lambda: plain_dxmi_iteration(plain)  # noqa: E731
-    step()  # first iteration: lazy allocations of the BLAS and autograd
-    after_one = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(iters - 1):
+    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS high-water mark
+        reset = True
+    except OSError:
+        reset = False
+    start = rss_mib()
+    for _ in range(iters):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kind": kind, "batch": batch, "iters": iters, "maxrss_after_1_iter_mib": after_one / 1024, "maxrss_mib": peak / 1024}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"kind": kind, "batch": batch, "iters": iters, "maxrss_setup_mib": setup_peak, "rss_before_run_mib": start,
+                      "maxrss_run_mib": peak, "maxrss_reset_before_run": reset, "rss_after_run_mib": rss_mib()}))
 
 
 def cpu_model() -> str:
@@ -375,21 +390,23 @@ if __name__ == "__main__":
     for row, n in zip(results, mem_iters):
         for kind in ("library", "plain"):
             m = child_memory(kind, row["batch"], n, args.threads)
-            row[f"{kind}_maxrss_mib"] = m["maxrss_mib"]
-            row[f"{kind}_maxrss_after_1_iter_mib"] = m["maxrss_after_1_iter_mib"]
+            row[f"{kind}_memory"] = {k: v for k, v in m.items() if k not in ("kind", "batch", "iters")}
+            row[f"{kind}_maxrss_mib"] = m["maxrss_run_mib"]
+            row[f"{kind}_run_peak_over_start_mib"] = m["maxrss_run_mib"] - m["rss_before_run_mib"]
         row["mem_iters"] = n
 
     # 4. report
-    print("\n| batch | library s/iter | plain s/iter | library / plain | (CPU time) | library peak RSS MiB | plain peak RSS MiB | memory run |")
+    print("\n| batch | library s/iter | plain s/iter | library / plain | (CPU time ratio) | peak RSS library MiB (+ over start) | peak RSS plain MiB (+ over start) | memory run |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['batch']} | {r['library_s_per_iter']:.4f} | {r['plain_s_per_iter']:.4f} | {r['ratio']:.3f} | ({r['ratio_cpu']:.3f}) "
-            f"| {r['library_maxrss_mib']:.0f} | {r['plain_maxrss_mib']:.0f} | {r['mem_iters']} iters |"
+            f"| {r['library_maxrss_mib']:.0f} (+{r['library_run_peak_over_start_mib']:.0f}) "
+            f"| {r['plain_maxrss_mib']:.0f} (+{r['plain_run_peak_over_start_mib']:.0f}) | {r['mem_iters']} iters |"
         )
     print(f"\ns/iter: median wall clock of {args.rounds} interleaved blocks per version ({', '.join(map(str, iters))} iterations each) "
           f"after {args.warmup} warm-up; CPU time = this thread's, robust to other jobs on the machine. Peak RSS = ru_maxrss of a "
-          f"fresh process (imports included) after the memory run. D=2, T=5, TimeMLP hidden 128 depth 3, time_dim 64; "
+          f"fresh process over the memory run alone (high-water mark reset after imports and set-up; + = above the RSS at the run's start). D=2, T=5, TimeMLP hidden 128 depth 3, time_dim 64; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     report = {
         "command": command,

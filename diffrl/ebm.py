@@ -5,7 +5,6 @@ Sign: E is a cost. Low energy = data-like; the reward of the RL view is -E(x_T).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 

@@ -31,14 +31,15 @@ class DDIMMean(nn.Module):
     """The mean of step t written through a teacher's epsilon model: ``c_x[t] x + c_eps[t] eps_theta(x, tau_t)``.
 
     eps_model(x (B, ...), timesteps (B,) float) -> (B, ...). The coefficients come from the
-    schedule's DDIM eta = 1 step and stay fixed (spec section 7: the mean always uses the
-    schedule sigma, even once the injected noise is trained).
+    schedule's DDIM step with ``eta`` (default 1) and stay fixed (spec section 7: the mean always
+    uses the schedule sigma, even once the injected noise is trained). With eta = 0 the mean is
+    the whole deterministic DDIM step.
     """
 
-    def __init__(self, eps_model: nn.Module, schedule: ChainSchedule) -> None:
+    def __init__(self, eps_model: nn.Module, schedule: ChainSchedule, eta: float = 1.0) -> None:
         super().__init__()
         self.eps_model = eps_model
-        c_x, c_eps, _ = schedule.ddim_coefficients(eta=1.0)
+        c_x, c_eps, _ = schedule.ddim_coefficients(eta=eta)
         self.register_buffer("c_x", c_x.float())
         self.register_buffer("c_eps", c_eps.float())
         self.register_buffer("timesteps", schedule.timesteps.float())

@@ -27,6 +27,7 @@ __all__ = [
     "UNetEps",
     "build_unet",
     "ho_cifar10_unet",
+    "unet_from_config",
     "HO_CIFAR10_CONFIG",
     "check_image_shape",
     "save_pretrained_ddpm",

@@ -1,0 +1,64 @@
+"""Sampling functions beside a step policy's own ``sample``: value-guided sampling (spec section 6)
+and the deterministic DDIM baseline (eta = 0) from the same teacher. Both run ``rollout``, so
+noise is drawn in the same order as ``GaussianStepPolicy.sample`` with the same generator.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .policy import DDIMMean, GaussianStepPolicy, as_step_index, rollout
+from .schedules import ChainSchedule
+
+__all__ = ["value_guided_sample", "ddim_sample"]
+
+
+def value_guided_sample(
+    policy: GaussianStepPolicy,
+    energy: nn.Module,
+    batch: int,
+    strength: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Chains (T + 1, B, *event_shape) of ``policy`` with value guidance after every step:
+
+        x_{t+1} <- x_{t+1} - strength * sigma_t * grad_x V(x_{t+1}),   V(x, t) = E(x)
+
+    ``energy``: (B, ...) -> (B,), low = data-like, so the correction moves samples downhill in
+    energy. strength = 0 gives exactly ``policy.sample``'s chains. No parameter gets a gradient.
+    """
+    if strength < 0:
+        raise ValueError(f"guidance strength must be >= 0, got {strength}")
+    device = device or policy.log_sigma_fixed.device
+    sigma = policy.sigma.detach()
+
+    def act(x: Tensor, t: int, noise: Tensor) -> Tensor:
+        with torch.no_grad():
+            x_next = policy(x, t, noise)
+        if strength == 0:
+            return x_next
+        with torch.enable_grad():
+            x_req = x_next.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(energy(x_req).sum(), x_req)
+        return x_next - strength * sigma[t] * grad
+
+    x0 = torch.randn((batch, *policy.event_shape), generator=generator, device=device)
+    return rollout(act, x0, policy.horizon, generator)
+
+
+@torch.no_grad()
+def ddim_sample(
+    eps_model: nn.Module,
+    schedule: ChainSchedule,
+    batch: int,
+    event_shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Deterministic DDIM (eta = 0) chains (T + 1, B, *event_shape) over ``schedule`` (e.g.
+    ``ChainSchedule.strided(T, betas)``): x_{t+1} = c_x x_t + c_eps eps_theta(x_t, tau_t)."""
+    device = device or next(eps_model.parameters()).device
+    mean = DDIMMean(eps_model, schedule, eta=0.0).to(device)
+    x0 = torch.randn((batch, *event_shape), generator=generator, device=device)
+    return rollout(lambda x, t, noise: mean(x, as_step_index(t, x.shape[0], x.device)), x0, schedule.horizon, generator)
