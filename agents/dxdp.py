@@ -58,10 +58,18 @@ class DxDP:
     """Trains ``policy`` against the soft value ``value(x (B, ...), t (B,) long) -> (B,)`` in ``mdp``.
 
     The value is queried for t = 0..T-1; V(x, T) is the mdp's terminal cost, so a value that
-    shares its parameters with the energy (2D: E = V(., T)) and a separate one both work.
+    shares its parameters with the energy (2D: E = V(., T)) and a separate one both work. With
+    shared parameters, give the energy's optimiser as ``value_optimizer``.
     """
 
-    def __init__(self, policy: GaussianStepPolicy, value: nn.Module, mdp: ChainMDP, config: DxDPConfig | None = None) -> None:
+    def __init__(
+        self,
+        policy: GaussianStepPolicy,
+        value: nn.Module,
+        mdp: ChainMDP,
+        config: DxDPConfig | None = None,
+        value_optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         self.config = config = config or DxDPConfig()
         if policy.horizon != mdp.horizon:
             raise ValueError(f"policy horizon {policy.horizon} != MDP horizon {mdp.horizon}")
@@ -77,7 +85,7 @@ class DxDP:
                 {"params": policy.sigma_parameters(), "lr": config.lr_sigma},
             ]
         )
-        self.value_optimizer = torch.optim.Adam(value.parameters(), lr=config.lr_value)
+        self.value_optimizer = value_optimizer or torch.optim.Adam(value.parameters(), lr=config.lr_value)
 
     def act(self, x: Tensor, t: int | Tensor, noise: Tensor | None = None) -> Tensor:
         return self.policy(x, t, noise)

@@ -12,8 +12,8 @@ What it does, top to bottom:
   2. timing: per batch size, warm-up, then ``--rounds`` blocks of ``--iters`` iterations of each,
      interleaved in alternating order in this one process; median wall-clock seconds per
      iteration, and median CPU seconds of this thread (robust to other jobs on a shared machine).
-  3. memory: peak RSS (ru_maxrss) of a fresh child process over ``--mem-iters`` iterations of
-     one version, its high-water mark reset after imports and set-up (Linux clear_refs).
+  3. memory: ru_maxrss of a fresh child process that runs ``--mem-iters`` iterations of one
+     version, and the peak RSS of those iterations alone (VmHWM reset before the run).
   4. a markdown table on stdout and ``docs/results/speed.json``.
 
 The plain function mirrors the library's order of random draws exactly (global RNG):
@@ -71,7 +71,7 @@ class PlainState:
     sampler_grad_clip: float
     # optimisers
     energy_opt: torch.optim.Optimizer
-    value_opt: torch.optim.Optimizer
+    value_opt: torch.optim.Optimizer  # the same object as energy_opt when the energy is V(., T) of the value net
     policy_opt: torch.optim.Optimizer  # groups: [eps_model params], [log_sigma_train]
     # data: minibatches with replacement from their own generator
     data: Tensor
@@ -170,12 +170,15 @@ def build_library(config, data: Tensor, seed: int):
         value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
         target_update=t.target_update,
     )
-    agent = DxDP(m.policy, m.value, m.mdp, agent_config)
+    # a value net shared with the energy (E = V(., T)) is stepped by one Adam, as in experiment.train
+    shared = {} if t.separate_energy else {"value_optimizer": m.mdp.reward.optimizer}
+    agent = DxDP(m.policy, m.value, m.mdp, agent_config, **shared)
     return DxMI(agent, m.mdp, BatchSampler(data, t.batch_size, seed), ema_decay=t.ema_decay)
 
 
 def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:
-    """A PlainState with a deep copy of the library's initial weights and AVR buffer, and fresh optimisers."""
+    """A PlainState with a deep copy of the library's initial weights and AVR buffer, and fresh optimisers
+    with the library's learning rates."""
     t = config.train
     if t.value_target != "running" or t.target_update is not None or t.ema_decay is not None or t.avr_decay is None:
         raise ValueError("the plain version covers running-cost targets, no target network, no EMA, AVR on")
@@ -183,6 +186,12 @@ def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:
     energy_at = mdp.reward.energy  # AtTime(net, time)
     nets = copy.deepcopy({"eps": policy.mean_model.eps_model, "value": dxmi.agent.value, "energy": energy_at.net})
     log_sigma_train = nn.Parameter(policy.log_sigma_train.detach().clone())
+    agent, lr = dxmi.agent, lambda optimizer, group: optimizer.param_groups[group]["lr"]  # the library's learning rates
+    energy_opt = torch.optim.Adam(nets["energy"].parameters(), lr=lr(mdp.reward.optimizer, 0))
+    shared = agent.value_optimizer is mdp.reward.optimizer
+    value_opt = energy_opt if shared else torch.optim.Adam(nets["value"].parameters(), lr=lr(agent.value_optimizer, 0))
+    if shared != (nets["energy"] is nets["value"]):
+        raise ValueError("one optimiser for value and energy exactly when they share a network")
     return PlainState(
         eps_model=nets["eps"], value=nets["value"], energy=nets["energy"],
         log_sigma_train=log_sigma_train, log_sigma_fixed=policy.log_sigma_fixed.clone(),
@@ -191,11 +200,9 @@ def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:
         energy_time=energy_at.t,
         tau_velocity=t.tau_velocity, tau_entropy=t.tau_entropy, gamma=t.gamma, avr_decay=t.avr_decay,
         sampler_grad_clip=t.sampler_grad_clip,
-        energy_opt=torch.optim.Adam(nets["energy"].parameters(), lr=t.lr_energy),
-        value_opt=torch.optim.Adam(nets["value"].parameters(), lr=t.lr_value),
-        policy_opt=torch.optim.Adam(
-            [{"params": list(nets["eps"].parameters()), "lr": t.lr_sampler}, {"params": [log_sigma_train], "lr": t.lr_sigma}]
-        ),
+        energy_opt=energy_opt, value_opt=value_opt,
+        policy_opt=torch.optim.Adam([{"params": list(nets["eps"].parameters()), "lr": lr(agent.policy_optimizer, 0)},
+                                     {"params": [log_sigma_train], "lr": lr(agent.policy_optimizer, 1)}]),
         data=data, batch_size=t.batch_size, data_generator=torch.Generator().manual_seed(seed),
     )
 
@@ -276,15 +283,16 @@ def child_memory(kind: str, batch: int, iters: int, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def rss_mib() -> float:
-    """Current resident set size of this process (Linux), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (Linux): VmRSS (resident now) or VmHWM (its high-water mark), MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 
 def mem_child(kind: str, batch: int, iters: int) -> None:
-    """Build one version, then run ``iters`` iterations; ru_maxrss is reset (Linux clear_refs) just
-    before the run, so its peak is the run's own, not the imports' or the set-up's."""
+    """Build one version, then run ``iters`` iterations. Reports the process's ru_maxrss (imports and
+    set-up included) and the peak RSS of the run alone: VmHWM, the same high-water mark, reset with
+    /proc/self/clear_refs just before the run (ru_maxrss itself cannot be reset once a thread exited)."""
     config = make_config(batch)
     data = make_data(config.data.n_train, 0)
     dxmi = build_library(config, data, 0)
@@ -293,19 +301,16 @@ def mem_child(kind: str, batch: int, iters: int) -> None:
         plain = plain_from_library(dxmi, config, data, 0)
         del dxmi, step
         step = lambda: plain_dxmi_iteration(plain)  # noqa: E731
-    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak-RSS high-water mark
-        reset = True
-    except OSError:
-        reset = False
-    start = rss_mib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM
+    start = proc_status_mib("VmRSS")
     for _ in range(iters):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"kind": kind, "batch": batch, "iters": iters, "maxrss_setup_mib": setup_peak, "rss_before_run_mib": start,
-                      "maxrss_run_mib": peak, "maxrss_reset_before_run": reset, "rss_after_run_mib": rss_mib()}))
+    print(json.dumps({
+        "kind": kind, "batch": batch, "iters": iters,
+        "ru_maxrss_process_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_run_mib": start, "peak_rss_run_mib": proc_status_mib("VmHWM"), "rss_after_run_mib": proc_status_mib("VmRSS"),
+    }))
 
 
 def cpu_model() -> str:
@@ -321,9 +326,9 @@ def cpu_model() -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 4096])
-    parser.add_argument("--iters", type=int, nargs="+", default=[50, 10], help="iterations per timed block, one per batch size")
-    parser.add_argument("--mem-iters", type=int, nargs="+", default=[300, 30], help="iterations of the memory run, one per batch size")
-    parser.add_argument("--rounds", type=int, default=6, help="timed blocks of each version; the order alternates")
+    parser.add_argument("--iters", type=int, nargs="+", default=[25, 5], help="iterations per timed block, one per batch size")
+    parser.add_argument("--mem-iters", type=int, nargs="+", default=[200, 20], help="iterations of the memory run, one per batch size")
+    parser.add_argument("--rounds", type=int, default=10, help="timed blocks of each version; the order alternates")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations of each version first")
     parser.add_argument("--check-iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
@@ -381,8 +386,9 @@ if __name__ == "__main__":
             row[f"{kind}_blocks_wall_cpu"] = blocks[kind]
         row["ratio"] = row["library_s_per_iter"] / row["plain_s_per_iter"]
         row["ratio_cpu"] = row["library_cpu_s_per_iter"] / row["plain_cpu_s_per_iter"]
+        row["ratio_paired_median"] = statistics.median(l[0] / p[0] for l, p in zip(blocks["library"], blocks["plain"]))
         print(f"batch {batch}: library {row['library_s_per_iter'] * 1e3:.2f} ms/iter, plain {row['plain_s_per_iter'] * 1e3:.2f} ms/iter, "
-              f"ratio {row['ratio']:.3f} (CPU time ratio {row['ratio_cpu']:.3f})", flush=True)
+              f"ratio {row['ratio']:.3f} (CPU time ratio {row['ratio_cpu']:.3f}, median of per-round ratios {row['ratio_paired_median']:.3f})", flush=True)
         results.append(row)
         del dxmi, plain, steps
 
@@ -391,12 +397,12 @@ if __name__ == "__main__":
         for kind in ("library", "plain"):
             m = child_memory(kind, row["batch"], n, args.threads)
             row[f"{kind}_memory"] = {k: v for k, v in m.items() if k not in ("kind", "batch", "iters")}
-            row[f"{kind}_maxrss_mib"] = m["maxrss_run_mib"]
-            row[f"{kind}_run_peak_over_start_mib"] = m["maxrss_run_mib"] - m["rss_before_run_mib"]
+            row[f"{kind}_maxrss_mib"] = m["ru_maxrss_process_mib"]
+            row[f"{kind}_run_peak_over_start_mib"] = m["peak_rss_run_mib"] - m["rss_before_run_mib"]
         row["mem_iters"] = n
 
     # 4. report
-    print("\n| batch | library s/iter | plain s/iter | library / plain | (CPU time ratio) | peak RSS library MiB (+ over start) | peak RSS plain MiB (+ over start) | memory run |")
+    print("\n| batch | library s/iter | plain s/iter | library / plain | (CPU time ratio) | ru_maxrss library MiB (run's peak over its start) | ru_maxrss plain MiB (run's peak over its start) | memory run |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
@@ -405,8 +411,8 @@ if __name__ == "__main__":
             f"| {r['plain_maxrss_mib']:.0f} (+{r['plain_run_peak_over_start_mib']:.0f}) | {r['mem_iters']} iters |"
         )
     print(f"\ns/iter: median wall clock of {args.rounds} interleaved blocks per version ({', '.join(map(str, iters))} iterations each) "
-          f"after {args.warmup} warm-up; CPU time = this thread's, robust to other jobs on the machine. Peak RSS = ru_maxrss of a "
-          f"fresh process over the memory run alone (high-water mark reset after imports and set-up; + = above the RSS at the run's start). D=2, T=5, TimeMLP hidden 128 depth 3, time_dim 64; "
+          f"after {args.warmup} warm-up; CPU time = this thread's, robust to other jobs on the machine. ru_maxrss: whole fresh process "
+          f"(imports and set-up included); in brackets: peak RSS of the iterations alone (VmHWM reset before the run) minus the RSS at the run's start. D=2, T=5, TimeMLP hidden 128 depth 3, time_dim 64; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     report = {
         "command": command,

@@ -206,7 +206,8 @@ def build_dxmi_models(config: ExperimentConfig, dim: int, teacher: dict[str, Any
     policy = ddpm.step_policy(t.horizon, (dim,), kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
     value = TimeMLP(dim, 1, hidden=config.net.hidden, depth=config.net.depth, time_dim=config.net.time_dim)
     energy = AtTime(_mlp(config, dim, 1), 0) if t.separate_energy else AtTime(value, t.horizon)
-    reward = EnergyReward(energy, lr=t.lr_energy, gamma=t.gamma)
+    shared = None if t.separate_energy else torch.optim.Adam(value.parameters(), lr=t.lr_value)
+    reward = EnergyReward(energy, lr=t.lr_energy, gamma=t.gamma, optimizer=shared)
     mdp = ChainMDP(reward, (dim,), policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay)
     return DxMIModels(policy, value, energy, mdp)
 
@@ -237,9 +238,9 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
     agent_config = DxDPConfig(
         tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value,
         value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
-        target_update=t.target_update,
+        target_update=t.target_update, sampler_batch=t.sampler_batch,
     )
-    agent = DxDP(m.policy, m.value, m.mdp, agent_config)
+    agent = DxDP(m.policy, m.value, m.mdp, agent_config, value_optimizer=None if t.separate_energy else m.mdp.reward.optimizer)
     batches = BatchSampler(data.normalizer.encode(data.train).to(device), t.batch_size, config.seed)
     dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay)
 

@@ -35,18 +35,26 @@ def contrastive_energy_loss(e_data: Tensor, e_model: Tensor, gamma: float) -> Te
 class EnergyReward(RewardModel):
     """reward(x) = -E(x) for an energy network E: (B, ...) -> (B,), trained contrastively without MCMC.
 
-    The negatives are the sampler's own final samples. ``optimizer`` steps the energy's
-    parameters (which may be shared with a value network).
+    The negatives are the sampler's own final samples. ``optimizer`` (default: Adam at ``lr``)
+    steps the energy's parameters; when they are shared with a value network, pass the value's
+    optimiser so that one Adam state sees both losses.
     """
 
     learnable = True
 
-    def __init__(self, energy: nn.Module, lr: float = 1e-3, gamma: float = 1.0, grad_clip: float | None = None) -> None:
+    def __init__(
+        self,
+        energy: nn.Module,
+        lr: float = 1e-3,
+        gamma: float = 1.0,
+        grad_clip: float | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.energy, self.gamma, self.grad_clip = energy, gamma, grad_clip
-        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=lr)
+        self.optimizer = optimizer or torch.optim.Adam(self.energy.parameters(), lr=lr)
 
     def forward(self, x: Tensor) -> Tensor:
         return -self.energy(x)
