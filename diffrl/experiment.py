@@ -283,7 +283,9 @@ def restore(run: RunDir) -> DxMIModels:
     return m
 
 
-def _sampler_of(run: RunDir, steps: int | None) -> tuple[GaussianStepPolicy, nn.Module | None, Normalizer, int, ExperimentConfig]:
+def _sampler_of(
+    run: RunDir, steps: int | None, schedule: str = "strided"
+) -> tuple[GaussianStepPolicy, nn.Module | None, Normalizer, int, ExperimentConfig]:
     config = from_yaml(run.config_yaml)
     state = run.load_model()
     normalizer = Normalizer.from_state_dict(state["normalizer"])
@@ -291,7 +293,7 @@ def _sampler_of(run: RunDir, steps: int | None) -> tuple[GaussianStepPolicy, nn.
         ddpm = build_teacher(config, state["dim"])
         ddpm.eps_model.load_state_dict(state["eps_model"])
         horizon = steps or config.pretrain.num_timesteps
-        return ddpm.step_policy(horizon, (state["dim"],), kind="strided"), None, normalizer, state["dim"], config
+        return ddpm.step_policy(horizon, (state["dim"],), kind=schedule), None, normalizer, state["dim"], config
     if steps is not None and steps != config.train.horizon:
         raise ValueError(f"{run.path} is a DxMI sampler trained for T = {config.train.horizon} steps; it cannot sample with {steps}")
     m = restore(run)
@@ -307,10 +309,18 @@ def sample(run_path: str | Path, n: int, steps: int | None = None, seed: int = 0
     return _draw(policy, n, seed, normalizer, torch.device("cpu")).numpy()
 
 
-def evaluate(run_path: str | Path, n: int | None = None, steps: int | None = None, seed: int = 0, data_path: str | None = None) -> dict[str, Any]:
-    """Test-split metrics of a run's selected model: SW, MMD and (DxMI runs) energy AUC."""
+def evaluate(
+    run_path: str | Path,
+    n: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    data_path: str | None = None,
+    schedule: str = "strided",
+) -> dict[str, Any]:
+    """Test-split metrics of a run's selected model: SW, MMD and (DxMI runs) energy AUC.
+    A teacher run is sampled with ``steps`` of its ``schedule`` chain (strided or var)."""
     run = RunDir.open(run_path)
-    policy, energy, normalizer, dim, config = _sampler_of(run, steps)
+    policy, energy, normalizer, dim, config = _sampler_of(run, steps, schedule)
     if data_path is not None:
         config.data.name = data_path
     data = load_point_data(config)
