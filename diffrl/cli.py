@@ -5,6 +5,14 @@
     diffrl train    --out runs/dxmi --resume
     diffrl sample   runs/teacher --n 10000 --steps 1000 --out teacher1000.npy
     diffrl evaluate runs/dxmi
+
+Image data (data.name = digits, an image folder or a uint8 .npy / .npz array) run the same jobs
+through ``diffrl.image_experiment``:
+
+    diffrl pretrain --preset digits --out runs/digits-teacher
+    diffrl train    --preset digits --teacher runs/digits-teacher --out runs/digits-dxmi
+    diffrl sample   runs/digits-dxmi --guidance 0.3
+    diffrl evaluate runs/digits-dxmi
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--steps", type=int, default=None, help="teacher runs: steps of its chain (default: all)")
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--out", default=None, help="output .npy (default: RUN/samples_<steps>.npy)")
+    job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
 
     job = jobs.add_parser("evaluate", help="test-split metrics of a run, printed as JSON")
     job.add_argument("run")
@@ -48,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--steps", type=int, default=None)
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--data", default=None, help="evaluate against another .npy array of the same D")
+    job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
     return parser
 
 
@@ -57,31 +67,45 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in extra if "=" not in a or a.startswith("-")]
     if unknown or (extra and args.job not in ("pretrain", "train")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
-    from . import experiment
+    from . import experiment, image_experiment
 
     try:
         if args.job in ("pretrain", "train"):
             overrides = extra
             if args.data is not None:
                 overrides.append(f"data.name={args.data}")
-            if getattr(args, "teacher", None) is not None:
-                if not Path(args.teacher).is_dir():
-                    raise FileNotFoundError(f"teacher run folder not found: {args.teacher}")
-                overrides.append(f"train.teacher={args.teacher}")
+            teacher = getattr(args, "teacher", None)
+            if teacher is not None:
+                overrides.append(f"train.teacher={teacher}")
             if args.resume:
                 if not Path(args.out, "checkpoint.pt").is_file():
                     raise FileNotFoundError(f"nothing to resume: {args.out} has no checkpoint.pt")
-                config = None
+                config, images = None, image_experiment.is_image_run(args.out)
             else:
                 config = load_config(args.preset, overrides)
-            job = experiment.pretrain if args.job == "pretrain" else experiment.train
+                images = image_experiment.is_image_config(config)
+            if teacher is not None and not images and not Path(teacher).is_dir():
+                raise FileNotFoundError(f"teacher run folder not found: {teacher}")
+            jobs = image_experiment if images else experiment
+            job = jobs.pretrain if args.job == "pretrain" else jobs.train
             result = job(config, args.out, resume=args.resume, progress=not args.no_progress)
             print(json.dumps({"run": args.out, **result}, default=float))
         elif args.job == "sample":
-            samples = experiment.sample(args.run, args.n, args.steps, args.seed)
             out = args.out or str(Path(args.run) / f"samples_{args.steps or 'model'}.npy")
+            if image_experiment.is_image_run(args.run):
+                samples = image_experiment.sample(args.run, args.n, args.steps, args.seed, args.guidance, grid=Path(out).with_suffix(".png"))
+            elif args.guidance:
+                raise ValueError("--guidance applies to image DxMI runs only")
+            else:
+                samples = experiment.sample(args.run, args.n, args.steps, args.seed)
             np.save(out, samples)
             print(json.dumps({"out": out, "shape": list(samples.shape)}))
+        elif image_experiment.is_image_run(args.run):
+            if args.data is not None:
+                raise ValueError("--data applies to point-data runs only; image runs are scored on their own test split")
+            print(json.dumps(image_experiment.evaluate(args.run, args.n, args.steps, args.seed, args.guidance)))
+        elif args.guidance:
+            raise ValueError("--guidance applies to image DxMI runs only")
         else:
             print(json.dumps(experiment.evaluate(args.run, args.n, args.steps, args.seed, args.data)))
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:

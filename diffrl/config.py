@@ -13,7 +13,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["DataConfig", "NetConfig", "PretrainConfig", "TrainConfig", "ExperimentConfig", "load_config", "available_presets", "to_yaml", "from_yaml"]
+__all__ = ["DataConfig", "NetConfig", "PretrainConfig", "TrainConfig", "ImageConfig", "ExperimentConfig", "load_config", "available_presets", "to_yaml", "from_yaml"]
 
 
 @dataclass
@@ -67,6 +67,8 @@ class TrainConfig:
     value_target: str = "running"
     time_cost_scale: float = 1.0
     sampler_grad_clip: Optional[float] = 0.1
+    sampler_batch: Optional[int] = None
+    """States per sampler step, drawn from the B * T of the batch's chains; None: B (the reference)."""
     target_update: Optional[float] = None
     ema_decay: Optional[float] = None
     steps: int = 4000
@@ -77,11 +79,47 @@ class TrainConfig:
 
 
 @dataclass
+class ImageConfig:
+    """Image runs: data.name is digits, an image folder or a uint8 .npy / .npz array (see diffrl.image_experiment).
+
+    The teacher is a diffusers UNet2DModel; energy and value are one EnergyResNet (spec section 6).
+    """
+
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64])
+    """UNet width per resolution level (pretrain only; a loaded teacher brings its own)."""
+    unet_layers_per_block: int = 2
+    ebm_width: int = 32
+    ebm_mults: list[int] = field(default_factory=lambda: [1, 2])
+    hflip: bool = False
+    """Random horizontal flips of training images (off for digits)."""
+    image_size: Optional[int] = None
+    """Image folders: resize and centre-crop every image to this square size."""
+    channels: int = 3
+    """Image folders: 1 (grey) or 3 (RGB)."""
+    eval_samples: int = 1000
+    """Generated images per validation evaluation (FD for model selection)."""
+
+    def validate(self) -> None:
+        checks = [
+            (len(self.unet_channels) >= 1 and min(self.unet_channels) >= 1, "image.unet_channels must be positive widths"),
+            (self.unet_layers_per_block >= 1, "image.unet_layers_per_block must be >= 1"),
+            (self.ebm_width >= 1 and len(self.ebm_mults) >= 1 and min(self.ebm_mults) >= 1, "image.ebm_width and image.ebm_mults must be positive"),
+            (self.channels in (1, 3), f"image.channels must be 1 or 3, got {self.channels}"),
+            (self.image_size is None or self.image_size >= 1, "image.image_size must be >= 1"),
+            (self.eval_samples >= 2, "image.eval_samples must be >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     net: NetConfig = field(default_factory=NetConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     seed: int = 0
     device: str = "cpu"
     threads: Optional[int] = None
@@ -105,6 +143,7 @@ class ExperimentConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.image.validate()
 
 
 def available_presets() -> list[str]:

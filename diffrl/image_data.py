@@ -131,11 +131,14 @@ def split_images(images: Tensor, n_eval: int) -> ImageData:
 
 
 def is_image_data(name: str) -> bool:
-    """True for digits, a folder, a .npz, or a .npy holding a 3-D or 4-D array (a 2-D .npy is point data)."""
+    """True for digits, a folder, a .npz, or a .npy holding a 3-D or 4-D uint8 array (other .npy are point data)."""
     path = Path(name)
     if name == DIGITS or path.is_dir() or path.suffix == ".npz":
         return True
-    return path.suffix == ".npy" and path.is_file() and np.load(path, mmap_mode="r", allow_pickle=False).ndim in (3, 4)
+    if path.suffix != ".npy" or not path.is_file():
+        return False
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return array.ndim in (3, 4) and array.dtype == np.uint8
 
 
 def load_image_data(name: str, n_eval: int = 10_000, image_size: int | None = None, channels: int = 3) -> ImageData:

@@ -201,7 +201,8 @@ def load_pretrained_ddpm(source: str | Path) -> DDPM:
         scheduler = DDPMScheduler.load_config(root, subfolder=scheduler_sub)
     except OSError as e:
         where = "folder" if path.is_dir() else "local folder, nor loadable from the Hugging Face hub"
-        raise FileNotFoundError(f"teacher not found: {source} is not a complete diffusers DDPM {where} ({e})".splitlines()[0]) from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FileNotFoundError(f"teacher not found: {source} is not a complete diffusers DDPM {where} ({reason})") from e
     num_steps = scheduler.get("num_train_timesteps", scheduler.get("timesteps"))  # old configs say "timesteps"
     if scheduler.get("beta_schedule", "linear") != "linear" or scheduler.get("trained_betas") is not None:
         raise ValueError(f"{source}: only linear beta schedules are supported, got {scheduler.get('beta_schedule')!r}")

@@ -1,0 +1,213 @@
+"""Issue 3's table: DxMI on scikit-learn's digits from a 1000-step DDPM teacher, against the teacher
+and its naive and DDIM T-step samplers.
+
+    python benchmarks/digits.py --seeds 0 1 2 --workers 2
+    python benchmarks/digits.py --quick --workers 1      # tiny sizes: checks the plumbing
+
+One teacher (``diffrl pretrain --preset digits``), scored with its own 1000-step ancestral chain
+(teacher_1000), spec section 7's VAR chain before fine-tuning (naive_T, DxMI's start) and
+deterministic DDIM over strided timesteps (ddim_T), T = 4 and 10. Then, per seed, DxMI runs of
+the digits preset: dxmi_4, dxmi_10, dxmi_10_tau0 (tau1 = tau2 = 0), dxmi_10_no_time_cost
+(value target without time cost); dxmi_10_guided samples the dxmi_10 runs with value guidance
+lambda = 0.3. Every number is a test-split score (FD, KID and class coverage on the project's
+digits classifier features) of a run's selected model (best validation FD); DxMI rows hold the
+mean over seeds and ``*_std`` the standard deviation over seeds. Also recorded: the wall time of
+each stage and the sampling throughput of the T-step sampler against a bare loop of T UNet calls
+on the same batch (ratio = bare time / sampler time; 1 means no overhead).
+
+Runs are resumable: finished runs are skipped. Writes --out (default docs/results/digits.json;
+with --quick, ROOT/digits.json) and prints the markdown table for docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+STEPS = (4, 10)
+GUIDANCE = 0.3
+VARIANTS = {
+    "dxmi_4": ["train.horizon=4"],
+    "dxmi_10": [],
+    "dxmi_10_tau0": ["train.tau_entropy=0", "train.tau_velocity=0"],
+    "dxmi_10_no_time_cost": ["train.value_target=none"],
+}
+QUICK = [
+    "image.unet_channels=[8,16]", "image.unet_layers_per_block=1", "image.ebm_width=8", "image.eval_samples=32",
+    "pretrain.steps=30", "pretrain.eval_horizon=5", "train.steps=4", "train.eval_every=2",
+    "train.checkpoint_every=2", "train.log_every=2", "train.batch_size=16",
+]
+ROW_KEYS = ("fd", "kid", "coverage")
+
+
+def _finished(run: Path) -> bool:
+    return (run / "model.pt").is_file() and (run / "samples.png").is_file()
+
+
+def _scores(result: dict) -> dict:
+    return {k: result[k] for k in (*ROW_KEYS, "n", "steps")}
+
+
+def run_teacher(root: str, overrides: list[str], n: int | None) -> dict:
+    """Pretrain (or reuse) the teacher; score its 1000-step chain and the naive / DDIM T-step baselines."""
+    import torch
+
+    from diffrl import image_experiment
+    from diffrl.config import load_config
+
+    torch.set_num_threads(1)
+    run = Path(root, "teacher")
+    start = time.time()
+    if not (run / "teacher" / "config.json").is_file():
+        config = load_config("digits", ["threads=1", *overrides])
+        image_experiment.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+    seconds = {"teacher_train": time.time() - start}
+    rows = {}
+    for key, steps, baseline in [("teacher_1000", None, None), *((f"{b}_{T}", T, b) for b in ("naive", "ddim") for T in STEPS)]:
+        start = time.time()
+        rows[key] = _scores(image_experiment.evaluate(run, n=n, steps=steps, baseline=baseline))
+        seconds[f"evaluate_{key}"] = time.time() - start
+    return {"rows": rows, "seconds": seconds}
+
+
+def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | None) -> dict:
+    import torch
+
+    from diffrl import image_experiment
+    from diffrl.config import load_config
+    from diffrl.run import RunDir
+
+    torch.set_num_threads(1)
+    run = Path(root, f"{name}-s{seed}")
+    start = time.time()
+    if not _finished(run):
+        config = load_config("digits", [f"seed={seed}", "threads=1", f"train.teacher={Path(root, 'teacher')}", *VARIANTS[name], *overrides])
+        image_experiment.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+    train_seconds = time.time() - start
+    out = {"name": name, "seed": seed, "train_seconds": train_seconds, "test": _scores(image_experiment.evaluate(run, n=n, seed=seed))}
+    if name == "dxmi_10":
+        out["guided"] = _scores(image_experiment.evaluate(run, n=n, seed=seed, guidance=GUIDANCE))
+    first_eval = next((r for r in RunDir(run).read_metrics() if "eval/fd" in r), {})
+    out["start_val_fd"] = first_eval.get("eval/fd")
+    return out
+
+
+def throughput(root: str, batch: int = 256, steps: int = 10, repeats: int = 5) -> dict:
+    """Seconds per batch of the T-step sampler (policy.sample) and of a bare loop of T UNet calls; best of ``repeats``."""
+    import torch
+
+    from diffrl.image_experiment import load_teacher
+
+    torch.set_num_threads(1)
+    ddpm = load_teacher(Path(root, "teacher"))
+    size = ddpm.eps_model.unet.config.sample_size
+    shape = (ddpm.eps_model.in_channels, size, size)
+    policy = ddpm.step_policy(steps, shape)
+    timesteps = [torch.full((batch,), float(s)) for s in policy.mean_model.timesteps]
+
+    def bare() -> None:
+        x = torch.randn(batch, *shape)
+        for t in range(steps):
+            x = ddpm.eps_model(x, timesteps[t])
+
+    def sampler() -> None:
+        policy.sample(batch)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.no_grad():
+        bare(), sampler()  # warm up
+        t_bare, t_sampler = best(bare), best(sampler)
+    return {"batch": batch, "steps": steps, "bare_unet_seconds": t_bare, "sampler_seconds": t_sampler, "ratio": t_bare / t_sampler}
+
+
+def _mean_std(runs: list[dict], part: str) -> dict:
+    row: dict = {}
+    for key in ROW_KEYS:
+        values = [r[part][key] for r in runs]
+        row[key] = statistics.fmean(values)
+        row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row["n"], row["steps"], row["seeds"] = runs[0][part]["n"], runs[0][part]["steps"], [r["seed"] for r in runs]
+    row["per_seed"] = [r[part] for r in runs]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--root", default=None, help="run folders (default runs/bench-digits, or runs/bench-digits-quick)")
+    parser.add_argument("--n", type=int, default=None, help="samples per score (default: as many as test images, 360)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny runs to check the plumbing")
+    args = parser.parse_args()
+    root = args.root or ("runs/bench-digits-quick" if args.quick else "runs/bench-digits")
+    out = Path(args.out or (Path(root, "digits.json") if args.quick else "docs/results/digits.json"))
+    overrides = QUICK if args.quick else []
+    n = args.n or (64 if args.quick else None)
+    start = time.time()
+
+    teacher = run_teacher(root, overrides, n)  # every DxMI run needs it first
+    with ProcessPoolExecutor(args.workers) as pool:
+        jobs = [pool.submit(run_dxmi, root, name, s, overrides, n) for name in VARIANTS for s in args.seeds]
+        dxmi = [f.result() for f in jobs]
+    speed = throughput(root)
+
+    from diffrl.image_metrics import digits_classifier
+
+    result: dict = dict(teacher["rows"])
+    for name in VARIANTS:
+        result[name] = _mean_std([r for r in dxmi if r["name"] == name], "test")
+    result["dxmi_10_guided"] = {**_mean_std([r for r in dxmi if r["name"] == "dxmi_10"], "guided"), "guidance": GUIDANCE}
+    result["timings_seconds"] = {
+        **teacher["seconds"],
+        **{f"train_{name}": [r["train_seconds"] for r in dxmi if r["name"] == name] for name in VARIANTS},
+        "total": time.time() - start,
+    }
+    result["throughput"] = speed
+    result["start_val_fd"] = {r["name"] + f"-s{r['seed']}": r["start_val_fd"] for r in dxmi}
+    result["classifier_test_accuracy"] = digits_classifier(0)[1]
+    result["meta"] = {
+        "command": "python benchmarks/digits.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "quick": args.quick,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    lines = ["| sampler | T | FD | KID | coverage |", "|---|---|---|---|---|"]
+    labels = {"teacher": "DDPM teacher", "naive": "naive (VAR, before DxMI)", "ddim": "DDIM", "dxmi": "DxMI"}
+    for key, row in result.items():
+        if not isinstance(row, dict) or "fd" not in row:
+            continue
+        method = labels[key.split("_")[0]] + {"tau0": ", tau = 0", "cost": ", no time cost", "guided": f", guided {GUIDANCE}"}.get(key.rsplit("_", 1)[1], "")
+        cell = lambda k: f"{row[k]:.3f}" + (f" ± {row[k + '_std']:.3f}" if k + "_std" in row else "")  # noqa: E731
+        lines.append(f"| {method} | {row['steps']} | {cell('fd')} | {cell('kid')} | {cell('coverage')} |")
+    t, s = result["timings_seconds"], result["throughput"]
+    train = ", ".join(f"{k[6:]} {statistics.fmean(v) / 60:.1f} min" for k, v in t.items() if k.startswith("train_"))
+    lines.append(
+        f"\nTeacher training {t['teacher_train'] / 60:.1f} min; DxMI per run: {train}; total {t['total'] / 60:.1f} min "
+        f"on {result['meta']['machine']}. Sampler throughput vs bare UNet loop (T = {s['steps']}, batch {s['batch']}): "
+        f"{s['ratio']:.3f}. Classifier test accuracy {result['classifier_test_accuracy']:.3f}."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
