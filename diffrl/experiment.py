@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .agents.dxdp import DxDP, DxDPConfig
-from .config import ExperimentConfig, from_yaml, to_yaml
+from .config import ExperimentConfig, TrainConfig, from_yaml, to_yaml
 from .data import TOY_DATASETS, BatchSampler, Normalizer, load_array, toy_data
 from .ddpm import DDPM
 from .dxmi import DxMI
@@ -212,6 +212,15 @@ def build_dxmi_models(config: ExperimentConfig, dim: int, teacher: dict[str, Any
     return DxMIModels(policy, value, energy, mdp)
 
 
+def dxdp_config(t: TrainConfig) -> DxDPConfig:
+    """The DxDP options of a training config."""
+    return DxDPConfig(
+        tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value,
+        value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
+        target_update=t.target_update, sampler_batch=t.sampler_batch,
+    )
+
+
 def _load_teacher(path: str | None, data: PointData) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -235,12 +244,8 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
     for module in (m.policy, m.value, m.mdp):
         module.to(device)
     t = config.train
-    agent_config = DxDPConfig(
-        tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value,
-        value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
-        target_update=t.target_update, sampler_batch=t.sampler_batch,
-    )
-    agent = DxDP(m.policy, m.value, m.mdp, agent_config, value_optimizer=None if t.separate_energy else m.mdp.reward.optimizer)
+    shared_optimizer = None if t.separate_energy else m.mdp.reward.optimizer
+    agent = DxDP(m.policy, m.value, m.mdp, dxdp_config(t), value_optimizer=shared_optimizer)
     batches = BatchSampler(data.normalizer.encode(data.train).to(device), t.batch_size, config.seed)
     dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay)
 

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .agents.dxdp import DxDP, DxDPConfig
+from .agents.dxdp import DxDP
 from .config import ExperimentConfig, from_yaml, to_yaml
 from .ddpm import DDPM
 from .dxmi import DxMI
 from .ebm import EnergyResNet, TimeIndependentValue
-from .experiment import TeacherTrainer
+from .experiment import TeacherTrainer, dxdp_config
 from .image_data import DIGITS, ImageBatches, ImageData, is_image_data, load_image_data, to_uint8
 from .image_metrics import DigitsClassifier, digits_classifier, image_scores, save_grid
 from .loop import LoopConfig, fit
@@ -208,12 +208,7 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
     m = build_image_dxmi(config, teacher, data.shape)
     for module in (m.policy, m.energy, m.mdp):
         module.to(device)
-    agent_config = DxDPConfig(
-        tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value,
-        value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
-        target_update=t.target_update, sampler_batch=t.sampler_batch,
-    )
-    agent = DxDP(m.policy, m.value, m.mdp, agent_config)
+    agent = DxDP(m.policy, m.value, m.mdp, dxdp_config(t))
     batches = ImageBatches(data.train.to(device), t.batch_size, config.seed, config.image.hflip)
     dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay)
     classifier = _classifier(config)
