@@ -36,7 +36,7 @@ def plot_heatmaps(panels: dict[str, Callable[[Tensor], Tensor]], box: float, pat
     for ax, (name, fn) in zip(axes[0], panels.items()):
         with torch.no_grad():
             values = fn(grid).reshape(resolution, resolution)
-        ax.imshow(values.cpu(), origin="lower", extent=(-box, box, -box, box), cmap="viridis")
+        ax.imshow(values.cpu().numpy(), origin="lower", extent=(-box, box, -box, box), cmap="viridis")
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
