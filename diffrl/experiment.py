@@ -275,12 +275,19 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
 # ---------------------------------------------------------------- using finished runs
 
 
-def restore(run: RunDir) -> DxMIModels:
-    """The selected DxMI models of a run (model.pt), on the CPU."""
+def restore(run: RunDir, which: str = "best") -> DxMIModels:
+    """A run's DxMI models on the CPU: "best" (model.pt, the best validation SW) or "last" (the
+    final training state in checkpoint.pt, EMA policy when the run kept one)."""
     config = from_yaml(run.config_yaml)
     state = run.load_model()
     if state["kind"] != "dxmi":
         raise ValueError(f"{run.path} is a {state['kind']} run, not a DxMI run")
+    if which == "last":
+        trainer = run.load_checkpoint()["trainer"]
+        policy = trainer.get("ema_policy", trainer["agent"]["policy"])
+        state = {**state, "policy": policy, "value": trainer["agent"]["value"], "mdp": trainer["mdp"]}
+    elif which != "best":
+        raise ValueError(f"which must be best or last, got {which!r}")
     m = build_dxmi_models(config, state["dim"], None)
     m.policy.load_state_dict(state["policy"])
     m.value.load_state_dict(state["value"])
@@ -289,7 +296,7 @@ def restore(run: RunDir) -> DxMIModels:
 
 
 def _sampler_of(
-    run: RunDir, steps: int | None, schedule: str = "strided"
+    run: RunDir, steps: int | None, schedule: str = "strided", which: str = "best"
 ) -> tuple[GaussianStepPolicy, nn.Module | None, Normalizer, int, ExperimentConfig]:
     config = from_yaml(run.config_yaml)
     state = run.load_model()
@@ -301,7 +308,7 @@ def _sampler_of(
         return ddpm.step_policy(horizon, (state["dim"],), kind=schedule), None, normalizer, state["dim"], config
     if steps is not None and steps != config.train.horizon:
         raise ValueError(f"{run.path} is a DxMI sampler trained for T = {config.train.horizon} steps; it cannot sample with {steps}")
-    m = restore(run)
+    m = restore(run, which)
     return m.policy, m.energy, normalizer, state["dim"], config
 
 
@@ -321,11 +328,13 @@ def evaluate(
     seed: int = 0,
     data_path: str | None = None,
     schedule: str = "strided",
+    which: str = "best",
 ) -> dict[str, Any]:
-    """Test-split metrics of a run's selected model: SW, MMD and (DxMI runs) energy AUC.
-    A teacher run is sampled with ``steps`` of its ``schedule`` chain (strided or var)."""
+    """Test-split metrics of a run's model: SW, MMD and (DxMI runs) energy AUC. A teacher run is
+    sampled with ``steps`` of its ``schedule`` chain (strided or var); a DxMI run's model is
+    ``which`` = "best" (selected on validation SW) or "last" (the end of training)."""
     run = RunDir.open(run_path)
-    policy, energy, normalizer, dim, config = _sampler_of(run, steps, schedule)
+    policy, energy, normalizer, dim, config = _sampler_of(run, steps, schedule, which)
     if data_path is not None:
         config.data.name = data_path
     data = load_point_data(config)
