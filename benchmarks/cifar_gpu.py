@@ -7,7 +7,7 @@ as a real run) and reading its metrics.
     python benchmarks/cifar_gpu.py --iters 500 --teacher /models/ddpm-cifar10-32 \\
         --data-dir /data --fid-weights /weights/weights-inception-2015-12-05-6726825d.pth   # offline machine
 
-Prints a table and writes JSON (``--json``, default benchmarks/results/cifar_gpu.json). Timing is
+Prints a table and writes JSON (``--json``, default docs/results/cifar_gpu.json). Timing is
 ``perf/sec_per_iter``: the example's wall time of a training iteration (CUDA-synchronised), averaged
 over the last log window, evaluations excluded. Peak memory is torch's max_memory_allocated on rank 0,
 for training and for the FID evaluation separately. On a machine without CUDA it refuses.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--out", default=None, help="run folder (default: a temporary one)")
-    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "cifar_gpu.json"))
+    p.add_argument("--json", default=str(ROOT / "docs" / "results" / "cifar_gpu.json"))
     args = p.parse_args(argv)
 
     import torch

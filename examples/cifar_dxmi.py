@@ -40,7 +40,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -130,17 +129,21 @@ SMOKE_IMAGES, SMOKE_SIZE = 96, 16
 # On --resume the run keeps its saved arguments; these may change (a longer run, moved files, ...).
 RESUME_MAY_CHANGE = {"steps", "log_every", "fid_every", "checkpoint_every", "fid_batch", "final_fid50k", "final_samples",
                      "teacher", "data", "data_dir", "fid_weights", "device", "amp", "threads", "progress", "resume",
-                     "dump_params", "out"}
+                     "dump_params", "out", "guidance"}
 
 
 class SetupError(Exception):
     """Something the user has to fix before training can start (printed without a traceback)."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Args, set[str]]:
     """Args, and the names given explicitly on the command line."""
     def parser(suppress: bool) -> argparse.ArgumentParser:
-        p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
         for f in dataclasses.fields(Args):
             meta, flag = f.metadata, "--" + f.name.replace("_", "-")
             kw: dict[str, Any] = {"help": meta["help"], "dest": f.name}
@@ -220,7 +223,7 @@ def rank0_first(ctx: Dist, fn):
 def make_smoke_inputs(folder: Path, seed: int) -> tuple[str, str]:
     """A tiny UNet teacher in the diffusers layout and a folder of 16x16 RGB images (smooth colour
     blobs), both deterministic in ``seed`` (every rank and every resume makes the same ones)."""
-    from torchvision.io import write_png
+    from PIL import Image
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -230,7 +233,7 @@ def make_smoke_inputs(folder: Path, seed: int) -> tuple[str, str]:
         images = to_uint8(images + 0.05 * torch.randn_like(images))
     (folder / "images" / "all").mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
-        write_png(image, str(folder / "images" / "all" / f"{i:03d}.png"))
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / "images" / "all" / f"{i:03d}.png")
     return str(folder / "teacher"), str(folder / "images")
 
 
@@ -401,7 +404,10 @@ def experiment_config(args: Args) -> ExperimentConfig:
     image = ImageConfig(ebm_width=args.energy_width, ebm_mults=[1, 2, 2], hflip=args.hflip, eval_samples=args.fid_samples)
     config = ExperimentConfig(data=DataConfig(name=args.data or "cifar10"), train=train, image=image, seed=args.seed,
                               device="cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu", threads=args.threads)
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as e:
+        raise SetupError(str(e)) from e
     return config
 
 
@@ -555,10 +561,11 @@ def run(args: Args, explicit: set[str], ctx: Dist) -> dict[str, Any]:
     smoke_dir = None
     if args.smoke:
         smoke_dir = Path(tempfile.mkdtemp(prefix="cifar_dxmi_smoke_"))
-        teacher, data = make_smoke_inputs(smoke_dir, args.seed)
-        args.teacher = args.teacher if "teacher" in explicit else teacher  # a --teacher / --data given explicitly wins
-        args.data = args.data if "data" in explicit else data
+        smoke_teacher, smoke_data = make_smoke_inputs(smoke_dir, args.seed)
+        args.teacher = args.teacher if "teacher" in explicit else smoke_teacher  # an explicit --teacher / --data wins
+        args.data = args.data if "data" in explicit else smoke_data
     try:
+        config = experiment_config(args)  # validates the hyperparameters
         teacher = load_teacher(args, ctx)
         images, data_tag = load_training_images(args, ctx)
         shape = tuple(images.shape[1:])
@@ -566,9 +573,8 @@ def run(args: Args, explicit: set[str], ctx: Dist) -> dict[str, Any]:
             check_image_shape(teacher.eps_model, shape, "the training images")
         except ValueError as e:
             raise SetupError(str(e)) from e
-        metric, feature_tag = build_fid(args)
+        metric, feature_tag = rank0_first(ctx, lambda: build_fid(args))  # a download happens once
         metric = metric.to(ctx.device)
-        config = experiment_config(args)
         return train(args, ctx, config, teacher, images, data_tag, metric, feature_tag, shape)
     finally:
         if smoke_dir is not None:
@@ -582,8 +588,9 @@ def train(args, ctx, config, teacher, images, data_tag, metric, feature_tag, sha
         rundir = RunDir.open(out) if args.resume else RunDir.create(out, to_yaml(config))
         (out / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2) + "\n")
         (out / "grids").mkdir(exist_ok=True)
+    else:
+        rundir = QuietRun(out)
     ctx.barrier()
-    rundir = rundir if ctx.main else QuietRun(out)
     n_ref = min(args.fid_ref_images or images.shape[0], images.shape[0])
     cache = Path(args.data_dir) / "fid_stats" / f"{data_tag}_{feature_tag}_n{n_ref}.pt"
     load_reference_stats(metric, images[:n_ref], cache, args.fid_batch, ctx)
