@@ -267,8 +267,7 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
 
     loop = LoopConfig(t.steps, t.log_every, t.eval_every, t.checkpoint_every, select_metric="sw")
     result = fit(dxmi, run, loop, evaluate_dxmi, model_state, resume=resume, progress=progress)
-    best = restore(run)
-    _finish(run, best.policy, best, data, config, device)
+    _finish(run, restore(run).policy, restore(run, "last"), data, config, device)
     return result
 
 
@@ -346,7 +345,8 @@ def evaluate(
 
 
 def _finish(run: RunDir, policy: GaussianStepPolicy, models: DxMIModels | None, data: PointData, config: ExperimentConfig, device) -> None:
-    """samples.npy and the PNG plots of a finished run."""
+    """samples.npy and samples.png of ``policy`` (the selected model); value_energy.png of ``models``
+    (the final state: the selected checkpoint can predate the energy's convergence)."""
     policy = policy.to(device)
     samples = _draw(policy, config.data.n_eval, config.seed + 1, data.normalizer, device)
     np.save(run.path / "samples.npy", samples.numpy())
