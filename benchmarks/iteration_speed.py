@@ -346,8 +346,8 @@ if __name__ == "__main__":
     iters, mem_iters = per_batch(args.iters), per_batch(args.mem_iters)
     if len(iters) != len(args.batches) or len(mem_iters) != len(args.batches):
         parser.error("--iters and --mem-iters take one value, or one per batch size")
-    command = shlex.join([sys.executable, *sys.argv])
-    print(f"command (cwd {os.getcwd()}): {command}\n")
+    command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    print(f"command: {command}\n")
     data = make_data(50_000, args.seed)
 
     # 1. equivalence, or no timing at all
@@ -416,7 +416,6 @@ if __name__ == "__main__":
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     report = {
         "command": command,
-        "cwd": os.getcwd(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
