@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--steps", type=int, default=None)
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--data", default=None, help="evaluate against another .npy array of the same D")
+    job.add_argument(
+        "--which", choices=["best", "last"], default="best",
+        help="2-D DxMI runs: the model selected on validation SW, or the final training state",
+    )
     job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
     return parser
 
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.guidance:
             raise ValueError("--guidance applies to image DxMI runs only")
         else:
-            print(json.dumps(experiment.evaluate(args.run, args.n, args.steps, args.seed, args.data)))
+            print(json.dumps(experiment.evaluate(args.run, args.n, args.steps, args.seed, args.data, which=args.which)))
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"diffrl {args.job}: error: {e}", file=sys.stderr)
         return 2

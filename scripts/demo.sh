@@ -8,5 +8,7 @@ out="${1:-$root/runs/demo}"
 diffrl="$venv/bin/diffrl"
 [ -f "$out/teacher/model.pt" ] || "$diffrl" pretrain --preset 8gaussians --out "$out/teacher"
 "$diffrl" train --preset 8gaussians --teacher "$out/teacher" --out "$out/dxmi"
+echo "test metrics of the model selected on validation SW, then of the final state:"
 "$diffrl" evaluate "$out/dxmi"
+"$diffrl" evaluate "$out/dxmi" --which last
 echo "plots: $out/dxmi/samples.png $out/dxmi/value_energy.png"

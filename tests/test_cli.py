@@ -58,6 +58,9 @@ def test_cli_jobs_end_to_end(tmp_path: Path, teacher: Path) -> None:
     report = json.loads(r.stdout)
     assert report["steps"] == 5 and {"sw", "mmd", "auc"} <= report.keys()
     assert 0.0 <= report["auc"] <= 1.0 and report["sw"] > 0
+    r = cli("evaluate", str(dxmi), "--which", "last")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout).keys() == report.keys()
 
 
 def _final_state(run: Path) -> dict:
