@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets everything up, then runs the main demo: a DDPM teacher and DxMI (T = 5, tau = 0.1) on
-# 8 Gaussians, with plots. About 5 minutes on 2 CPU cores. Runs land in runs/demo/.
+# 8 Gaussians, with plots. About 6 minutes on 2 CPU cores. Runs land in runs/demo/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(bash "$root/scripts/setup.sh" | tail -n 1)"
