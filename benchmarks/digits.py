@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from _timing import train_seconds
+
 STEPS = (4, 10)
 GUIDANCE = 0.3
 VARIANTS = {
@@ -46,10 +48,6 @@ QUICK = [
 ROW_KEYS = ("fd", "kid", "coverage")
 
 
-def _finished(run: Path) -> bool:
-    return (run / "model.pt").is_file() and (run / "samples.png").is_file()
-
-
 def _scores(result: dict) -> dict:
     return {k: result[k] for k in (*ROW_KEYS, "n", "steps")}
 
@@ -63,11 +61,12 @@ def run_teacher(root: str, overrides: list[str], n: int | None) -> dict:
 
     torch.set_num_threads(1)
     run = Path(root, "teacher")
-    start = time.time()
-    if not (run / "teacher" / "config.json").is_file():
+
+    def train() -> None:
         config = load_config("digits", ["threads=1", *overrides])
         image_experiment.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
-    seconds = {"teacher_train": time.time() - start}
+
+    seconds = {"teacher_train": train_seconds(run, train)}
     rows = {}
     for key, steps, baseline in [("teacher_1000", None, None), *((f"{b}_{T}", T, b) for b in ("naive", "ddim") for T in STEPS)]:
         start = time.time()
@@ -85,11 +84,12 @@ def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | Non
 
     torch.set_num_threads(1)
     run = Path(root, f"{name}-s{seed}")
-    start = time.time()
-    if not _finished(run):
+
+    def train() -> None:
         config = load_config("digits", [f"seed={seed}", "threads=1", f"train.teacher={Path(root, 'teacher')}", *VARIANTS[name], *overrides])
         image_experiment.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
-    train_seconds = time.time() - start
+
+    train_seconds = train_seconds(run, train)
     out = {"name": name, "seed": seed, "train_seconds": train_seconds, "test": _scores(image_experiment.evaluate(run, n=n, seed=seed))}
     if name == "dxmi_10":
         out["guided"] = _scores(image_experiment.evaluate(run, n=n, seed=seed, guidance=GUIDANCE))

@@ -20,6 +20,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from _timing import train_seconds
+
 TAUS = (0.0, 0.01, 0.1, 1.0)
 DDPM_STEPS = (5, 10, 100, 1000)
 SCRATCH = ["train.lr_sampler=1e-4", "train.lr_sigma=1e-3", "train.steps=6000"]
@@ -34,11 +36,12 @@ def run_teacher(root: str, dataset: str, seed: int, overrides: list[str]) -> dic
     from diffrl.config import load_config
 
     run = Path(root, dataset, f"teacher-s{seed}")
-    start = time.time()
-    if not _finished(run):
+
+    def train() -> None:
         config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
         experiment.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
-    wall = time.time() - start
+
+    wall = train_seconds(run, train, finished=_finished(run))
     rows = {}
     for steps in DDPM_STEPS:
         rows[f"ddpm_{steps}"] = experiment.evaluate(run, steps=steps, seed=seed)
@@ -51,17 +54,22 @@ def run_dxmi(root: str, dataset: str, seed: int, name: str, overrides: list[str]
     from diffrl.config import load_config
 
     run = Path(root, dataset, f"{name}-s{seed}")
-    start = time.time()
-    if not _finished(run):
+
+    def train() -> None:
         config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
         experiment.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
-    wall = time.time() - start
+
+    wall = train_seconds(run, train, finished=_finished(run))
     best, last = experiment.evaluate(run, seed=seed), experiment.evaluate(run, seed=seed, which="last")
     return {"dataset": dataset, "seed": seed, "name": name, "seconds": wall, "test": best, "test_last": last}
 
 
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+def mean_std(values: list[float | None]) -> dict:
+    """Mean and std of the known values (None: a time not recorded)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(known), "std": statistics.stdev(known) if len(known) > 1 else 0.0, "n": len(known)}
 
 
 def main() -> None:

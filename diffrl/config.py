@@ -13,6 +13,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .nets import ACTIVATIONS
+
 __all__ = ["DataConfig", "NetConfig", "PretrainConfig", "TrainConfig", "ImageConfig", "ExperimentConfig", "load_config", "available_presets", "to_yaml", "from_yaml"]
 
 
@@ -33,6 +35,9 @@ class NetConfig:
     hidden: int = 128
     depth: int = 3
     time_dim: int = 64
+    energy_activation: str = "relu"
+    """Hidden non-linearity of the separate energy MLP (relu or silu; the eps model and value use silu).
+    A SiLU energy stays nearly radial on 8 Gaussians (AUC 0.84); ReLU learns the modes (docs/results.md)."""
 
 
 @dataclass
@@ -138,6 +143,7 @@ class ExperimentConfig:
             (t.schedule in ("var", "strided"), f"train.schedule must be var or strided, got {t.schedule!r}"),
             (d.n_train >= 2 and d.n_eval >= 2, "data.n_train and data.n_eval must be >= 2"),
             (self.net.hidden >= 1 and self.net.depth >= 1, "net.hidden and net.depth must be >= 1"),
+            (self.net.energy_activation in ACTIVATIONS, f"net.energy_activation must be one of {', '.join(ACTIVATIONS)}, got {self.net.energy_activation!r}"),
             (min(t.lr_sampler, t.lr_sigma, t.lr_value, t.lr_energy, self.pretrain.lr) >= 0, "learning rates must be >= 0"),
         ]
         for ok, message in checks:

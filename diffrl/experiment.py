@@ -205,7 +205,9 @@ def build_dxmi_models(config: ExperimentConfig, dim: int, teacher: dict[str, Any
         ddpm.eps_model.load_state_dict(teacher["eps_model"])
     policy = ddpm.step_policy(t.horizon, (dim,), kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
     value = TimeMLP(dim, 1, hidden=config.net.hidden, depth=config.net.depth, time_dim=config.net.time_dim)
-    energy = AtTime(_mlp(config, dim, 1), 0) if t.separate_energy else AtTime(value, t.horizon)
+    n = config.net
+    energy_net = TimeMLP(dim, 1, hidden=n.hidden, depth=n.depth, time_dim=n.time_dim, activation=n.energy_activation)
+    energy = AtTime(energy_net, 0) if t.separate_energy else AtTime(value, t.horizon)
     shared = None if t.separate_energy else torch.optim.Adam(value.parameters(), lr=t.lr_value)
     reward = EnergyReward(energy, lr=t.lr_energy, gamma=t.gamma, optimizer=shared)
     mdp = ChainMDP(reward, (dim,), policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay)

@@ -6,7 +6,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["sinusoidal_embedding", "TimeMLP", "AtTime"]
+__all__ = ["sinusoidal_embedding", "TimeMLP", "AtTime", "ACTIVATIONS"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -23,20 +25,31 @@ class TimeMLP(nn.Module):
 
     ``time_scale`` multiplies t before embedding, so small integer step indices (0..T) and DDPM
     timesteps (0..999) both spread over the embedding's frequencies. ``out_dim`` = D for an
-    epsilon model, 1 for a value or energy (then the output is squeezed to (B,)).
+    epsilon model, 1 for a value or energy (then the output is squeezed to (B,)). ``activation``
+    names the hidden non-linearity (a key of ``ACTIVATIONS``).
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden: int = 128, depth: int = 3, time_dim: int = 64, time_scale: float = 1.0
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: int = 128,
+        depth: int = 3,
+        time_dim: int = 64,
+        time_scale: float = 1.0,
+        activation: str = "silu",
     ) -> None:
         super().__init__()
         if in_dim < 1 or out_dim < 1 or hidden < 1 or depth < 1:
             raise ValueError("in_dim, out_dim, hidden and depth must be positive")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        act = ACTIVATIONS[activation]
         self.in_dim, self.out_dim, self.time_dim, self.time_scale = in_dim, out_dim, time_dim, time_scale
         self.time_proj = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(in_dim, hidden)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth - 1))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim))
+        self.blocks = nn.ModuleList(nn.Sequential(act(), nn.Linear(hidden, hidden)) for _ in range(depth - 1))
+        self.out = nn.Sequential(act(), nn.Linear(hidden, out_dim))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x (B, D), t (B,) or scalar -> (B, out_dim), or (B,) when out_dim = 1."""

@@ -131,6 +131,7 @@ def test_bad_inputs_fail_before_training_with_clear_messages(tmp_path: Path, tea
     assert "unknown preset 'nine-gaussians'" in _error(capsys, "train", "--preset", "nine-gaussians", "--out", out)
     assert "train.horizon (T) must be >= 1, got 0" in _error(capsys, "train", "--out", out, "train.horizon=0")
     assert "train.tau_entropy must be >= 0, got -0.1" in _error(capsys, "train", "--out", out, "train.tau_entropy=-0.1")
+    assert "net.energy_activation must be one of silu, relu, got 'tanh'" in _error(capsys, "train", "--out", out, "net.energy_activation=tanh")
     assert "teacher run folder not found" in _error(capsys, "train", "--out", out, "--teacher", str(tmp_path / "missing"))
     assert "no run folder at" in _error(capsys, "evaluate", str(tmp_path / "missing"))
     assert "nothing to resume" in _error(capsys, "train", "--out", str(tmp_path / "missing"), "--resume")
