@@ -16,7 +16,8 @@ each stage and the sampling throughput of the T-step sampler against a bare loop
 on the same batch (ratio = bare time / sampler time; 1 means no overhead).
 
 Runs are resumable: finished runs are skipped. Writes --out (default docs/results/digits.json;
-with --quick, ROOT/digits.json) and prints the markdown table for docs/results.md.
+with --quick, ROOT/digits.json), the validation-FD learning curves beside it (digits_curves.png),
+and prints the markdown table for docs/results.md.
 """
 from __future__ import annotations
 
@@ -144,6 +145,21 @@ def _mean_std(runs: list[dict], part: str) -> dict:
     return row
 
 
+def plot_curves(root: str, seeds: list[int], path: Path) -> None:
+    """Validation FD over training of every DxMI run, against the teacher's own validation FD at
+    the end of pretraining (its ``pretrain.eval_horizon``-step strided chain, same split and n)."""
+    from diffrl.plots import plot_learning_curves
+    from diffrl.run import RunDir
+
+    def curve(run: Path) -> tuple[list[float], list[float]]:
+        rows = [r for r in RunDir(run).read_metrics() if "eval/fd" in r]
+        return [r["step"] for r in rows], [r["eval/fd"] for r in rows]
+
+    curves = {name: [curve(Path(root, f"{name}-s{s}")) for s in seeds] for name in VARIANTS}
+    teacher_fd = curve(Path(root, "teacher"))[1][-1]
+    plot_learning_curves(curves, path, "validation FD (digits classifier features)", {"teacher, last pretraining eval": teacher_fd})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -187,6 +203,7 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+    plot_curves(root, args.seeds, out.with_name(out.stem + "_curves.png"))
     print(markdown(result))
 
 

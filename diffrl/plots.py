@@ -1,4 +1,4 @@
-"""PNG plots of 2-D runs: samples over the data, and V(., t) / E heatmaps (the paper's Figure 3)."""
+"""PNG plots: samples of 2-D runs over the data, V(., t) / E heatmaps (the paper's Figure 3), and learning curves."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-__all__ = ["plot_samples", "plot_heatmaps"]
+__all__ = ["plot_samples", "plot_heatmaps", "plot_learning_curves"]
 
 
 def plot_samples(samples: Tensor, data: Tensor, path: str | Path, title: str = "") -> None:
@@ -42,4 +42,29 @@ def plot_heatmaps(panels: dict[str, Callable[[Tensor], Tensor]], box: float, pat
         ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_learning_curves(
+    curves: dict[str, list[tuple[list[float], list[float]]]],
+    path: str | Path,
+    ylabel: str,
+    references: dict[str, float] | None = None,
+    log_y: bool = True,
+) -> None:
+    """One colour per label, one line per run of it (label -> [(steps, values), ...]); dashed
+    horizontal lines for reference values (label -> value)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, runs) in enumerate(curves.items()):
+        for j, (steps, values) in enumerate(runs):
+            ax.plot(steps, values, color=f"C{i}", alpha=0.8, marker=".", label=label if j == 0 else None)
+    for i, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color=f"C{len(curves) + i}", linestyle="--", label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
