@@ -90,8 +90,8 @@ def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | Non
         config = load_config("digits", [f"seed={seed}", "threads=1", f"train.teacher={Path(root, 'teacher')}", *VARIANTS[name], *overrides])
         image_experiment.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
 
-    train_seconds = train_seconds(run, train)
-    out = {"name": name, "seed": seed, "train_seconds": train_seconds, "test": _scores(image_experiment.evaluate(run, n=n, seed=seed))}
+    seconds = train_seconds(run, train)
+    out = {"name": name, "seed": seed, "train_seconds": seconds, "test": _scores(image_experiment.evaluate(run, n=n, seed=seed))}
     if name == "dxmi_10":
         out["guided"] = _scores(image_experiment.evaluate(run, n=n, seed=seed, guidance=GUIDANCE))
     first_eval = next((r for r in RunDir(run).read_metrics() if "eval/fd" in r), {})
