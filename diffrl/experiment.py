@@ -75,9 +75,9 @@ def load_point_data(config: ExperimentConfig) -> PointData:
     return PointData(train, val, test, Normalizer.fit(train, cfg.normalize), outliers)
 
 
-def _mlp(config: ExperimentConfig, dim: int, out_dim: int) -> TimeMLP:
+def _mlp(config: ExperimentConfig, dim: int, out_dim: int, activation: str = "silu") -> TimeMLP:
     n = config.net
-    return TimeMLP(dim, out_dim, hidden=n.hidden, depth=n.depth, time_dim=n.time_dim)
+    return TimeMLP(dim, out_dim, hidden=n.hidden, depth=n.depth, time_dim=n.time_dim, activation=activation)
 
 
 def _setup(config: ExperimentConfig) -> torch.device:
@@ -204,10 +204,8 @@ def build_dxmi_models(config: ExperimentConfig, dim: int, teacher: dict[str, Any
     if teacher is not None:
         ddpm.eps_model.load_state_dict(teacher["eps_model"])
     policy = ddpm.step_policy(t.horizon, (dim,), kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
-    value = TimeMLP(dim, 1, hidden=config.net.hidden, depth=config.net.depth, time_dim=config.net.time_dim)
-    n = config.net
-    energy_net = TimeMLP(dim, 1, hidden=n.hidden, depth=n.depth, time_dim=n.time_dim, activation=n.energy_activation)
-    energy = AtTime(energy_net, 0) if t.separate_energy else AtTime(value, t.horizon)
+    value = _mlp(config, dim, 1)
+    energy = AtTime(_mlp(config, dim, 1, config.net.energy_activation), 0) if t.separate_energy else AtTime(value, t.horizon)
     shared = None if t.separate_energy else torch.optim.Adam(value.parameters(), lr=t.lr_value)
     reward = EnergyReward(energy, lr=t.lr_energy, gamma=t.gamma, optimizer=shared)
     mdp = ChainMDP(reward, (dim,), policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay)

@@ -13,7 +13,7 @@ from diffrl.data import BatchSampler, Normalizer, toy_data
 from diffrl.ddpm import DDPM
 from diffrl.dxmi import DxMI
 from diffrl.mdp import ChainMDP
-from diffrl.metrics import sliced_wasserstein
+from diffrl.metrics import energy_auc, sliced_wasserstein
 from diffrl.nets import AtTime, TimeMLP
 from diffrl.rewards import EnergyReward, FixedReward
 
@@ -91,11 +91,10 @@ def test_dxdp_with_a_fixed_reward_moves_samples_to_the_target_mean():
 def energy_auc_after_contrastive_training(activation: str, steps: int = 600) -> float:
     """Train an energy MLP by spec section 3's update against negatives = data + N(0, 0.3^2) noise;
     return its AUC of 8-Gaussian test points against uniform points on [-4, 4]^2 (spec section 10)."""
-    from diffrl.metrics import energy_auc
-
     torch.manual_seed(SEED)
-    normalizer = Normalizer.fit(toy_data("8gaussians", 20_000, SEED))
-    batches = BatchSampler(normalizer.encode(toy_data("8gaussians", 20_000, SEED)), 128, SEED)
+    train = toy_data("8gaussians", 20_000, SEED)
+    normalizer = Normalizer.fit(train)
+    batches = BatchSampler(normalizer.encode(train), 128, SEED)
     energy = AtTime(TimeMLP(2, 1, hidden=64, depth=3, time_dim=16, activation=activation), 0)
     reward = EnergyReward(energy, lr=1e-3)
     for _ in range(steps):
