@@ -87,16 +87,18 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         teachers = [pool.submit(run_teacher, args.root, ds, s, quick) for ds in args.datasets for s in args.seeds]
         teacher_results = [f.result() for f in teachers]
-        jobs = []
+        specs = []
         for ds in args.datasets:
             taus = TAUS if ds == "8gaussians" else (0.1,)
             for s in args.seeds:
                 teacher = f"train.teacher={Path(args.root, ds, f'teacher-s{s}')}"
                 for tau in taus:
                     o = [teacher, f"train.tau_entropy={tau}", f"train.tau_velocity={tau}", *quick]
-                    jobs.append(pool.submit(run_dxmi, args.root, ds, s, f"dxmi-tau{tau}", o))
+                    specs.append((ds, s, f"dxmi-tau{tau}", o))
                 if ds == "8gaussians":
-                    jobs.append(pool.submit(run_dxmi, args.root, ds, s, "dxmi-scratch-tau0.1", [*SCRATCH, *quick]))
+                    specs.append((ds, s, "dxmi-scratch-tau0.1", [*SCRATCH, *quick]))
+        specs.sort(key=lambda spec: spec[2] != "dxmi-tau0.1")  # the headline rows first
+        jobs = [pool.submit(run_dxmi, args.root, *spec) for spec in specs]
         dxmi_results = [f.result() for f in jobs]
     wall = time.time() - start
 

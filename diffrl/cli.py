@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--out", default=None, help="output .npy (default: RUN/samples_<steps>.npy)")
     job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
+    _add_which(job)
 
     job = jobs.add_parser("evaluate", help="test-split metrics of a run, printed as JSON")
     job.add_argument("run")
@@ -57,12 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--steps", type=int, default=None)
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--data", default=None, help="evaluate against another .npy array of the same D")
+    job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
+    _add_which(job)
+    return parser
+
+
+def _add_which(job: argparse.ArgumentParser) -> None:
     job.add_argument(
         "--which", choices=["best", "last"], default="best",
-        help="2-D DxMI runs: the model selected on validation SW, or the final training state",
+        help="point-data DxMI runs: the model selected on validation SW, or the final training state",
     )
-    job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,14 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.job == "sample":
             out = args.out or str(Path(args.run) / f"samples_{args.steps or 'model'}.npy")
             if image_experiment.is_image_run(args.run):
+                _best_only(args.which)
                 samples = image_experiment.sample(args.run, args.n, args.steps, args.seed, args.guidance, grid=Path(out).with_suffix(".png"))
             elif args.guidance:
                 raise ValueError("--guidance applies to image DxMI runs only")
             else:
-                samples = experiment.sample(args.run, args.n, args.steps, args.seed)
+                samples = experiment.sample(args.run, args.n, args.steps, args.seed, which=args.which)
             np.save(out, samples)
             print(json.dumps({"out": out, "shape": list(samples.shape)}))
         elif image_experiment.is_image_run(args.run):
+            _best_only(args.which)
             if args.data is not None:
                 raise ValueError("--data applies to point-data runs only; image runs are scored on their own test split")
             print(json.dumps(image_experiment.evaluate(args.run, args.n, args.steps, args.seed, args.guidance)))
@@ -116,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffrl {args.job}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _best_only(which: str) -> None:
+    """Image runs keep one model (the best validation FD): --which last has nothing to load."""
+    if which != "best":
+        raise ValueError("--which last applies to point-data DxMI runs only; image runs keep their selected model")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ class TrainConfig:
     tau_entropy: float = 0.1
     tau_velocity: float = 0.1
     gamma: float = 1.0
-    lr_sampler: float = 3e-6
-    lr_sigma: float = 3e-4
+    lr_sampler: float = 1e-5
+    lr_sigma: float = 1e-3
     lr_value: float = 1e-3
     lr_energy: float = 1e-3
     separate_energy: bool = True
@@ -76,8 +76,10 @@ class TrainConfig:
     """States per sampler step, drawn from the B * T of the batch's chains; None: B (the reference)."""
     target_update: Optional[float] = None
     ema_decay: Optional[float] = None
+    lr_decay: str = "none"
+    """none: constant learning rates; cosine: every rate anneals to 0 over train.steps."""
     steps: int = 4000
-    batch_size: int = 128
+    batch_size: int = 512
     log_every: int = 100
     eval_every: int = 500
     checkpoint_every: int = 500
@@ -141,6 +143,7 @@ class ExperimentConfig:
             (t.steps >= 0 and self.pretrain.steps >= 0, "steps must be >= 0"),
             (t.batch_size >= 1 and self.pretrain.batch_size >= 1, "batch sizes must be >= 1"),
             (t.schedule in ("var", "strided"), f"train.schedule must be var or strided, got {t.schedule!r}"),
+            (t.lr_decay in ("none", "cosine"), f"train.lr_decay must be none or cosine, got {t.lr_decay!r}"),
             (d.n_train >= 2 and d.n_eval >= 2, "data.n_train and data.n_eval must be >= 2"),
             (self.net.hidden >= 1 and self.net.depth >= 1, "net.hidden and net.depth must be >= 1"),
             (self.net.energy_activation in ACTIVATIONS, f"net.energy_activation must be one of {', '.join(ACTIVATIONS)}, got {self.net.energy_activation!r}"),

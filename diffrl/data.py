@@ -14,14 +14,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TOY_DATASETS", "toy_data", "load_array", "Normalizer", "BatchSampler"]
+__all__ = ["TOY_DATASETS", "EIGHT_GAUSSIANS_CENTRES", "toy_data", "load_array", "Normalizer", "BatchSampler"]
+
+
+_ANGLES = torch.arange(8) * (2 * math.pi / 8)
+_CIRCLE = 4.0 * torch.stack([torch.cos(_ANGLES), torch.sin(_ANGLES)], 1)
+EIGHT_GAUSSIANS_CENTRES = _CIRCLE / 1.414
+"""(8, 2) mode centres of 8gaussians in data units; each mode is isotropic with std 0.5 / 1.414."""
 
 
 def _eight_gaussians(n: int, g: torch.Generator) -> Tensor:
-    angles = torch.arange(8) * (2 * math.pi / 8)
-    centres = 4.0 * torch.stack([torch.cos(angles), torch.sin(angles)], 1)
     idx = torch.randint(0, 8, (n,), generator=g)
-    return (centres[idx] + 0.5 * torch.randn(n, 2, generator=g)) / 1.414
+    return (_CIRCLE[idx] + 0.5 * torch.randn(n, 2, generator=g)) / 1.414
 
 
 def _two_spirals(n: int, g: torch.Generator) -> Tensor:

@@ -7,7 +7,7 @@ reward step if the reward is learnable (inverse RL), none otherwise (plain max-e
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +26,8 @@ class DxMI:
     reward is learnable. With a fixed reward, give ``batch_size`` instead (plain max-ent RL).
     ema_decay: keep an exponential moving average of the policy for evaluation and sampling
     (None: evaluate the raw policy).
+    lr_schedulers: learning-rate schedulers of the agent's and the reward's optimisers, stepped
+    once per iteration and saved with the training state.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class DxMI:
         data: Iterator[Tensor] | None = None,
         batch_size: int | None = None,
         ema_decay: float | None = None,
+        lr_schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
     ) -> None:
         if data is None and (mdp.reward.learnable or batch_size is None):
             raise ValueError("give data batches (a learnable reward needs them) or, for a fixed reward, a batch_size")
@@ -43,6 +46,7 @@ class DxMI:
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
         self.agent, self.mdp, self.data, self.batch_size, self.ema_decay = agent, mdp, data, batch_size, ema_decay
+        self.lr_schedulers = list(lr_schedulers)
         self.ema_policy = copy.deepcopy(agent.policy).requires_grad_(False) if ema_decay is not None else None
 
     @property
@@ -65,6 +69,8 @@ class DxMI:
             with torch.no_grad():
                 for p_ema, p in zip(self.ema_policy.parameters(), self.agent.policy.parameters()):
                     p_ema.lerp_(p, 1 - self.ema_decay)
+        for scheduler in self.lr_schedulers:
+            scheduler.step()
         return metrics
 
     def training_state(self) -> dict[str, Any]:
@@ -75,6 +81,8 @@ class DxMI:
             state["ema_policy"] = self.ema_policy.state_dict()
         if hasattr(self.data, "generator"):
             state["data_rng"] = self.data.generator.get_state()
+        if self.lr_schedulers:
+            state["lr_schedulers"] = [scheduler.state_dict() for scheduler in self.lr_schedulers]
         return state
 
     def load_training_state(self, state: dict[str, Any]) -> None:
@@ -86,3 +94,8 @@ class DxMI:
             self.ema_policy.load_state_dict(state["ema_policy"])
         if "data_rng" in state:
             self.data.generator.set_state(state["data_rng"])
+        saved = state.get("lr_schedulers", [])
+        if len(saved) != len(self.lr_schedulers):
+            raise ValueError(f"the checkpoint holds {len(saved)} learning-rate schedulers, this loop has {len(self.lr_schedulers)}")
+        for scheduler, scheduler_state in zip(self.lr_schedulers, saved):
+            scheduler.load_state_dict(scheduler_state)

@@ -247,7 +247,9 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
     shared_optimizer = None if t.separate_energy else m.mdp.reward.optimizer
     agent = DxDP(m.policy, m.value, m.mdp, dxdp_config(t), value_optimizer=shared_optimizer)
     batches = BatchSampler(data.normalizer.encode(data.train).to(device), t.batch_size, config.seed)
-    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay)
+    optimizers = {id(o): o for o in (agent.policy_optimizer, agent.value_optimizer, m.mdp.reward.optimizer)}.values()
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t.steps) for o in optimizers] if t.lr_decay == "cosine" else []
+    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay, lr_schedulers=schedulers)
 
     def evaluate_dxmi() -> dict[str, float]:
         samples = _draw(dxmi.sampling_policy, config.data.n_eval, config.seed, data.normalizer, device)
@@ -311,12 +313,13 @@ def _sampler_of(
     return m.policy, m.energy, normalizer, state["dim"], config
 
 
-def sample(run_path: str | Path, n: int, steps: int | None = None, seed: int = 0) -> np.ndarray:
-    """n samples (n, D) in the data's own units from a run's selected model; a teacher run
-    samples with ``steps`` of its own chain (default: all of them)."""
+def sample(run_path: str | Path, n: int, steps: int | None = None, seed: int = 0, which: str = "best") -> np.ndarray:
+    """n samples (n, D) in the data's own units from a DxMI run's model (``which``: "best", the
+    model selected on validation SW, or "last", the final state); a teacher run samples with
+    ``steps`` of its own chain (default: all of them)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    policy, _, normalizer, _, _ = _sampler_of(RunDir.open(run_path), steps)
+    policy, _, normalizer, _, _ = _sampler_of(RunDir.open(run_path), steps, which=which)
     return _draw(policy, n, seed, normalizer, torch.device("cpu")).numpy()
 
 

@@ -62,14 +62,27 @@ def test_cli_jobs_end_to_end(tmp_path: Path, teacher: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout).keys() == report.keys()
 
+    for which in ("best", "last"):
+        r = cli("sample", str(dxmi), "--n", "200", "--which", which, "--out", str(tmp_path / f"{which}.npy"))
+        assert r.returncode == 0, r.stderr
+    selected_final = RunDir(dxmi).load_model()["step"] == 40
+    assert np.array_equal(np.load(tmp_path / "best.npy"), np.load(tmp_path / "last.npy")) == selected_final
+
 
 def _final_state(run: Path) -> dict:
     return RunDir(run).load_checkpoint()["trainer"]["agent"]["policy"]
 
 
-def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path: Path, teacher: Path, monkeypatch) -> None:
-    config = load_config("8gaussians", [*TINY, f"train.teacher={teacher}"])
+@pytest.mark.parametrize("lr_decay", ["none", "cosine"])
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path: Path, teacher: Path, monkeypatch, lr_decay: str) -> None:
+    config = load_config("8gaussians", [*TINY, f"train.teacher={teacher}", f"train.lr_decay={lr_decay}"])
     experiment.train(config, tmp_path / "whole", progress=False)
+    trainer = RunDir(tmp_path / "whole").load_checkpoint()["trainer"]
+    final_rates = [g["lr"] for o in (trainer["agent"]["policy_optimizer"], trainer["reward_optimizer"]) for g in o["param_groups"]]
+    if lr_decay == "cosine":
+        assert max(final_rates) < 1e-12, "cosine decay must end at a zero learning rate"
+    else:
+        assert min(final_rates) > 0
 
     original_step, calls = DxMI.step, {"n": 0}
 
@@ -132,6 +145,7 @@ def test_bad_inputs_fail_before_training_with_clear_messages(tmp_path: Path, tea
     assert "train.horizon (T) must be >= 1, got 0" in _error(capsys, "train", "--out", out, "train.horizon=0")
     assert "train.tau_entropy must be >= 0, got -0.1" in _error(capsys, "train", "--out", out, "train.tau_entropy=-0.1")
     assert "net.energy_activation must be one of silu, relu, got 'tanh'" in _error(capsys, "train", "--out", out, "net.energy_activation=tanh")
+    assert "train.lr_decay must be none or cosine, got 'linear'" in _error(capsys, "train", "--out", out, "train.lr_decay=linear")
     assert "teacher run folder not found" in _error(capsys, "train", "--out", out, "--teacher", str(tmp_path / "missing"))
     assert "no run folder at" in _error(capsys, "evaluate", str(tmp_path / "missing"))
     assert "nothing to resume" in _error(capsys, "train", "--out", str(tmp_path / "missing"), "--resume")
