@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="8gaussians run folders (DxMI or teacher)")
     parser.add_argument("--which", choices=["best", "last"], default="last", help="DxMI runs: selected or final model")
     parser.add_argument("--steps", type=int, default=None, help="teacher runs: steps of its chain")
+    parser.add_argument("--schedule", choices=["strided", "var"], default="strided", help="teacher runs: which chain")
     args = parser.parse_args()
     print("| run | test SW | radial bias | radial std | tangential std | worst mode-share error |")
     print("|---|---|---|---|---|---|")
@@ -53,7 +54,7 @@ def main() -> None:
         if config.data.name != "8gaussians":
             raise ValueError(f"{run} was trained on {config.data.name!r}, not 8gaussians")
         test = experiment.load_point_data(config).test
-        rows = {run: torch.from_numpy(experiment.sample(run, test.shape[0], args.steps, config.seed + 1, which=args.which))}
+        rows = {run: torch.from_numpy(experiment.sample(run, test.shape[0], args.steps, config.seed + 1, args.which, args.schedule))}
         if i == 0:
             rows = {"data (an independent draw)": toy_data("8gaussians", test.shape[0], config.seed + 777), **rows}
         for name, x in rows.items():

@@ -221,6 +221,15 @@ def dxdp_config(t: TrainConfig) -> DxDPConfig:
     )
 
 
+def lr_schedulers(t: TrainConfig, agent: DxDP) -> list[torch.optim.lr_scheduler.LRScheduler]:
+    """One scheduler per distinct optimiser of the agent and its reward for ``t.lr_decay``."""
+    if t.lr_decay == "none":
+        return []
+    optimizers = (agent.policy_optimizer, agent.value_optimizer, getattr(agent.mdp.reward, "optimizer", None))
+    distinct = {id(o): o for o in optimizers if o is not None}.values()  # a shared value/energy has one optimiser
+    return [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t.steps) for o in distinct]
+
+
 def _load_teacher(path: str | None, data: PointData) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -247,9 +256,7 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
     shared_optimizer = None if t.separate_energy else m.mdp.reward.optimizer
     agent = DxDP(m.policy, m.value, m.mdp, dxdp_config(t), value_optimizer=shared_optimizer)
     batches = BatchSampler(data.normalizer.encode(data.train).to(device), t.batch_size, config.seed)
-    optimizers = {id(o): o for o in (agent.policy_optimizer, agent.value_optimizer, m.mdp.reward.optimizer)}.values()
-    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t.steps) for o in optimizers] if t.lr_decay == "cosine" else []
-    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay, lr_schedulers=schedulers)
+    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay, lr_schedulers=lr_schedulers(t, agent))
 
     def evaluate_dxmi() -> dict[str, float]:
         samples = _draw(dxmi.sampling_policy, config.data.n_eval, config.seed, data.normalizer, device)
@@ -313,13 +320,15 @@ def _sampler_of(
     return m.policy, m.energy, normalizer, state["dim"], config
 
 
-def sample(run_path: str | Path, n: int, steps: int | None = None, seed: int = 0, which: str = "best") -> np.ndarray:
+def sample(
+    run_path: str | Path, n: int, steps: int | None = None, seed: int = 0, which: str = "best", schedule: str = "strided"
+) -> np.ndarray:
     """n samples (n, D) in the data's own units from a DxMI run's model (``which``: "best", the
     model selected on validation SW, or "last", the final state); a teacher run samples with
-    ``steps`` of its own chain (default: all of them)."""
+    ``steps`` of its own ``schedule`` chain (default: all of them)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    policy, _, normalizer, _, _ = _sampler_of(RunDir.open(run_path), steps, which=which)
+    policy, _, normalizer, _, _ = _sampler_of(RunDir.open(run_path), steps, schedule, which)
     return _draw(policy, n, seed, normalizer, torch.device("cpu")).numpy()
 
 

@@ -26,7 +26,7 @@ from .config import ExperimentConfig, from_yaml, to_yaml
 from .ddpm import DDPM
 from .dxmi import DxMI
 from .ebm import EnergyResNet, TimeIndependentValue
-from .experiment import TeacherTrainer, dxdp_config
+from .experiment import TeacherTrainer, dxdp_config, lr_schedulers
 from .image_data import DIGITS, ImageBatches, ImageData, is_image_data, load_image_data, to_uint8
 from .image_metrics import DigitsClassifier, digits_classifier, image_scores, save_grid
 from .loop import LoopConfig, fit
@@ -210,7 +210,7 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
         module.to(device)
     agent = DxDP(m.policy, m.value, m.mdp, dxdp_config(t))
     batches = ImageBatches(data.train.to(device), t.batch_size, config.seed, config.image.hflip)
-    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay)
+    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay, lr_schedulers=lr_schedulers(t, agent))
     classifier = _classifier(config)
     teacher_state = _teacher_state(teacher, data.shape)
 
