@@ -80,6 +80,8 @@ class TrainConfig:
     """none: constant learning rates; cosine: every rate anneals to 0 over train.steps."""
     steps: int = 4000
     batch_size: int = 512
+    """Data points and chains per iteration. On 8 Gaussians 512 (vs 128) takes the noise out of the
+    sampler's gradient, which otherwise widens the modes (docs/results.md, "Second round")."""
     log_every: int = 100
     eval_every: int = 500
     checkpoint_every: int = 500
