@@ -22,7 +22,6 @@ from diffrl.metrics import sliced_wasserstein
 from diffrl.run import RunDir
 
 
-
 def mode_shape(x: Tensor) -> dict[str, float]:
     """Radial bias and std, tangential std and the worst mode-share error of samples x (N, 2)."""
     nearest = torch.cdist(x, EIGHT_GAUSSIANS_CENTRES).argmin(1)
@@ -54,6 +53,7 @@ def main() -> None:
         if config.data.name != "8gaussians":
             raise ValueError(f"{run} was trained on {config.data.name!r}, not 8gaussians")
         test = experiment.load_point_data(config).test
+        # seed + 1: the sample seed experiment.evaluate uses, so test SW matches `diffrl evaluate`
         rows = {run: torch.from_numpy(experiment.sample(run, test.shape[0], args.steps, config.seed + 1, args.which, args.schedule))}
         if i == 0:
             rows = {"data (an independent draw)": toy_data("8gaussians", test.shape[0], config.seed + 777), **rows}

@@ -6,9 +6,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 import torch
+from PIL import Image
 
 from diffrl.data import toy_data
 from diffrl.plots import plot_learning_curves
