@@ -173,7 +173,8 @@ def build_library(config, data: Tensor, seed: int):
     # a value net shared with the energy (E = V(., T)) is stepped by one Adam, as in experiment.train
     shared = {} if t.separate_energy else {"value_optimizer": m.mdp.reward.optimizer}
     agent = DxDP(m.policy, m.value, m.mdp, agent_config, **shared)
-    return DxMI(agent, m.mdp, BatchSampler(data, t.batch_size, seed), ema_decay=t.ema_decay)
+    # the energy's evaluation EMA (a default) runs on the library side only: the ratio includes its cost
+    return DxMI(agent, m.mdp, BatchSampler(data, t.batch_size, seed), ema_decay=t.ema_decay, energy_ema_decay=t.energy_ema_decay)
 
 
 def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:

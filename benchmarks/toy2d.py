@@ -6,7 +6,9 @@ For each data set and seed: a DDPM teacher (1000 steps), evaluated with its own 
 T = 5, 10, 100, 1000 strided steps and with the naive 5-step VAR chain DxMI starts from; then
 DxMI at T = 5 with tau in {0, 0.01, 0.1, 1} from the teacher and tau = 0.1 from scratch
 (8gaussians), tau = 0.1 from the teacher (the others). Every number is a test-split metric,
-of the run's selected model (best validation SW) and of its final state. Runs are resumable: finished runs are skipped.
+of the run's selected model (best validation SW) and of its final state; the final state is
+also sampled with value guidance (spec section 6), its strength lambda chosen per run on the
+validation split from GUIDANCE. Runs are resumable: finished runs are skipped.
 Writes docs/results/toy2d.json and prints the markdown table of docs/results.md.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from _timing import train_seconds
 TAUS = (0.0, 0.01, 0.1, 1.0)
 DDPM_STEPS = (5, 10, 100, 1000)
 SCRATCH = ["train.lr_sampler=1e-4", "train.lr_sigma=1e-3", "train.steps=6000"]
+GUIDANCE = (0.1, 0.2, 0.3, 0.5)
 
 
 def _finished(run: Path) -> bool:
@@ -61,7 +64,13 @@ def run_dxmi(root: str, dataset: str, seed: int, name: str, overrides: list[str]
 
     wall = train_seconds(run, train, finished=_finished(run))
     best, last = experiment.evaluate(run, seed=seed), experiment.evaluate(run, seed=seed, which="last")
-    return {"dataset": dataset, "seed": seed, "name": name, "seconds": wall, "test": best, "test_last": last}
+    val_sw = {g: experiment.evaluate(run, seed=seed, which="last", guidance=g, split="val")["sw"] for g in GUIDANCE}
+    guidance = min(val_sw, key=val_sw.get)
+    guided = experiment.evaluate(run, seed=seed, which="last", guidance=guidance)
+    return {
+        "dataset": dataset, "seed": seed, "name": name, "seconds": wall, "test": best, "test_last": last,
+        "val_sw_by_guidance": val_sw, "test_last_guided": guided,
+    }
 
 
 def mean_std(values: list[float | None]) -> dict:
@@ -115,6 +124,8 @@ def main() -> None:
                 "auc": mean_std([r["test"]["auc"] for r in runs]),
                 "sw_last": mean_std([r["test_last"]["sw"] for r in runs]),
                 "auc_last": mean_std([r["test_last"]["auc"] for r in runs]),
+                "sw_last_guided": mean_std([r["test_last_guided"]["sw"] for r in runs]),
+                "guidance": [r["test_last_guided"]["guidance"] for r in runs],
                 "seconds": mean_std([r["seconds"] for r in runs]),
             }
         table[ds] = rows
@@ -137,20 +148,21 @@ def markdown(result: dict) -> str:
         return "" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
 
     lines = [
-        "| data | method | T | pretrained | tau | SW, selected | AUC, selected | SW, final | AUC, final |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | method | T | pretrained | tau | SW, selected | AUC, selected | SW, final | AUC, final | SW, final, guided (lambda) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ds, rows in result["table"].items():
         for key, row in rows.items():
             if key.startswith("ddpm_"):
-                lines.append(f"| {ds} | DDPM | {key[5:]} | | | {fmt(row['sw'])} | | | |")
+                lines.append(f"| {ds} | DDPM | {key[5:]} | | | {fmt(row['sw'])} | | | | |")
             elif key == "naive_var_5":
-                lines.append(f"| {ds} | DDPM, VAR chain (DxMI's start) | 5 | | | {fmt(row['sw'])} | | | |")
+                lines.append(f"| {ds} | DDPM, VAR chain (DxMI's start) | 5 | | | {fmt(row['sw'])} | | | | |")
             else:
                 scratch = "scratch" in key
                 tau = key.rsplit("tau", 1)[1]
                 cells = " | ".join(fmt(row[k]) for k in ("sw", "auc", "sw_last", "auc_last"))
-                lines.append(f"| {ds} | DxMI | 5 | {'no' if scratch else 'yes'} | {tau} | {cells} |")
+                guided = f"{fmt(row['sw_last_guided'])} ({' / '.join(f'{g:g}' for g in row['guidance'])})"
+                lines.append(f"| {ds} | DxMI | 5 | {'no' if scratch else 'yes'} | {tau} | {cells} | {guided} |")
     lines.append(f"\nWall time: {result['wall_seconds_total'] / 60:.1f} min in all; {result['machine']}.")
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@
     diffrl train    --out runs/dxmi --resume
     diffrl sample   runs/teacher --n 10000 --steps 1000 --out teacher1000.npy
     diffrl evaluate runs/dxmi
+    diffrl evaluate runs/dxmi --guidance 0.3 --split val
 
 Image data (data.name = digits, an image folder or a uint8 .npy / .npz array) run the same jobs
 through ``diffrl.image_experiment``:
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--steps", type=int, default=None, help="teacher runs: steps of its chain (default: all)")
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--out", default=None, help="output .npy (default: RUN/samples_<steps>.npy)")
-    job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
+    _add_guidance(job)
     _add_which(job)
 
     job = jobs.add_parser("evaluate", help="test-split metrics of a run, printed as JSON")
@@ -58,9 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--steps", type=int, default=None)
     job.add_argument("--seed", type=int, default=0)
     job.add_argument("--data", default=None, help="evaluate against another .npy array of the same D")
-    job.add_argument("--guidance", type=float, default=0.0, help="image DxMI runs: value-guidance strength lambda (spec 6)")
+    job.add_argument("--split", choices=["val", "test"], default="test", help="point-data runs: score against this split")
+    _add_guidance(job)
     _add_which(job)
     return parser
+
+
+def _add_guidance(job: argparse.ArgumentParser) -> None:
+    job.add_argument("--guidance", type=float, default=0.0, help="DxMI runs: value-guidance strength lambda (spec 6)")
 
 
 def _add_which(job: argparse.ArgumentParser) -> None:
@@ -104,21 +110,20 @@ def main(argv: list[str] | None = None) -> int:
             if image_experiment.is_image_run(args.run):
                 _best_only(args.which)
                 samples = image_experiment.sample(args.run, args.n, args.steps, args.seed, args.guidance, grid=Path(out).with_suffix(".png"))
-            elif args.guidance:
-                raise ValueError("--guidance applies to image DxMI runs only")
             else:
-                samples = experiment.sample(args.run, args.n, args.steps, args.seed, which=args.which)
+                samples = experiment.sample(args.run, args.n, args.steps, args.seed, which=args.which, guidance=args.guidance)
             np.save(out, samples)
             print(json.dumps({"out": out, "shape": list(samples.shape)}))
         elif image_experiment.is_image_run(args.run):
             _best_only(args.which)
-            if args.data is not None:
-                raise ValueError("--data applies to point-data runs only; image runs are scored on their own test split")
+            if args.data is not None or args.split != "test":
+                raise ValueError("--data and --split apply to point-data runs only; image runs are scored on their own test split")
             print(json.dumps(image_experiment.evaluate(args.run, args.n, args.steps, args.seed, args.guidance)))
-        elif args.guidance:
-            raise ValueError("--guidance applies to image DxMI runs only")
         else:
-            print(json.dumps(experiment.evaluate(args.run, args.n, args.steps, args.seed, args.data, which=args.which)))
+            report = experiment.evaluate(
+                args.run, args.n, args.steps, args.seed, args.data, which=args.which, guidance=args.guidance, split=args.split
+            )
+            print(json.dumps(report))
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"diffrl {args.job}: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ together. Nothing in the core imports it.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .nets import AtTime, TimeMLP
 from .plots import plot_heatmaps, plot_samples
 from .policy import GaussianStepPolicy
 from .rewards import EnergyReward
+from .sampling import value_guided_sample
 from .run import RunDir
 
 __all__ = ["PointData", "load_point_data", "pretrain", "train", "sample", "evaluate"]
@@ -113,11 +115,20 @@ def evaluate_samples(samples: Tensor, reference: Tensor, energy: nn.Module | Non
     return out
 
 
-def _draw(policy: GaussianStepPolicy, n: int, seed: int, normalizer: Normalizer, device: torch.device) -> Tensor:
-    """n samples in data units from a fixed generator (the same noise at every evaluation)."""
+def _draw(
+    policy: GaussianStepPolicy, n: int, seed: int, normalizer: Normalizer, device: torch.device,
+    models: DxMIModels | None = None, guidance: float = 0.0,
+) -> Tensor:
+    """n samples in data units from a fixed generator (the same noise at every evaluation), with
+    value guidance of strength ``guidance`` along ``models.cost_to_go`` when it is > 0."""
     g = torch.Generator(device=device).manual_seed(seed)
-    chunks = [policy.sample(min(10_000, n - i), generator=g, device=device)[-1] for i in range(0, n, 10_000)]
-    return normalizer.decode(torch.cat(chunks)).cpu()
+
+    def chunk(b: int) -> Tensor:
+        if guidance:
+            return value_guided_sample(policy, models.cost_to_go, b, guidance, g, device)[-1]
+        return policy.sample(b, generator=g, device=device)[-1]
+
+    return normalizer.decode(torch.cat([chunk(min(10_000, n - i)) for i in range(0, n, 10_000)])).cpu()
 
 
 # ---------------------------------------------------------------- teacher
@@ -193,6 +204,12 @@ class DxMIModels:
     energy: nn.Module
     mdp: ChainMDP
 
+    def cost_to_go(self, x: Tensor, t: int) -> Tensor:
+        """V(x, t) for states x (B, D) at step t in 1..T, with V(x, T) = E(x): what value guidance follows."""
+        if t == self.policy.horizon:
+            return self.energy(x)
+        return self.value(x, torch.full((x.shape[0],), t, device=x.device))
+
 
 def build_dxmi_models(config: ExperimentConfig, dim: int, teacher: dict[str, Any] | None) -> DxMIModels:
     """The T-step sampler (from the teacher's eps model, or the same network freshly initialised),
@@ -256,16 +273,19 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
     shared_optimizer = None if t.separate_energy else m.mdp.reward.optimizer
     agent = DxDP(m.policy, m.value, m.mdp, dxdp_config(t), value_optimizer=shared_optimizer)
     batches = BatchSampler(data.normalizer.encode(data.train).to(device), t.batch_size, config.seed)
-    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay, lr_schedulers=lr_schedulers(t, agent))
+    dxmi = DxMI(
+        agent, m.mdp, batches, ema_decay=t.ema_decay, energy_ema_decay=t.energy_ema_decay,
+        lr_schedulers=lr_schedulers(t, agent),
+    )
 
     def evaluate_dxmi() -> dict[str, float]:
         samples = _draw(dxmi.sampling_policy, config.data.n_eval, config.seed, data.normalizer, device)
-        metrics = evaluate_samples(samples, data.val, m.energy, data)
+        metrics = evaluate_samples(samples, data.val, dxmi.evaluation_energy, data)
         metrics.update({f"sigma_{i}": float(s) for i, s in enumerate(m.policy.sigma.detach())})
         return metrics
 
     def model_state() -> dict[str, Any]:
-        return {
+        state = {
             "kind": "dxmi",
             "policy": dxmi.sampling_policy.state_dict(),
             "value": m.value.state_dict(),
@@ -273,6 +293,9 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
             "normalizer": data.normalizer.state_dict(),
             "dim": data.dim,
         }
+        if dxmi.ema_energy is not None:
+            state["ema_energy"] = dxmi.ema_energy.model.state_dict()
+        return state
 
     loop = LoopConfig(t.steps, t.log_every, t.eval_every, t.checkpoint_every, select_metric="sw")
     result = fit(dxmi, run, loop, evaluate_dxmi, model_state, resume=resume, progress=progress)
@@ -285,27 +308,35 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
 
 def restore(run: RunDir, which: str = "best") -> DxMIModels:
     """A run's DxMI models on the CPU: "best" (model.pt, the best validation SW) or "last" (the
-    final training state in checkpoint.pt, EMA policy when the run kept one)."""
+    final training state in checkpoint.pt). Where the run kept EMA copies, ``policy`` and
+    ``energy`` are those (``mdp.reward`` keeps the raw energy)."""
     config = from_yaml(run.config_yaml)
     state = run.load_model()
     if state["kind"] != "dxmi":
         raise ValueError(f"{run.path} is a {state['kind']} run, not a DxMI run")
     if which == "last":
         trainer = run.load_checkpoint()["trainer"]
-        policy = trainer.get("ema_policy", trainer["agent"]["policy"])
+        policy = trainer["ema_policy"]["model"] if "ema_policy" in trainer else trainer["agent"]["policy"]
         state = {**state, "policy": policy, "value": trainer["agent"]["value"], "mdp": trainer["mdp"]}
+        state.pop("ema_energy", None)
+        if "ema_energy" in trainer:
+            state["ema_energy"] = trainer["ema_energy"]["model"]
     elif which != "best":
         raise ValueError(f"which must be best or last, got {which!r}")
     m = build_dxmi_models(config, state["dim"], None)
     m.policy.load_state_dict(state["policy"])
     m.value.load_state_dict(state["value"])
     m.mdp.load_state_dict(state["mdp"])
+    if "ema_energy" in state:
+        m.energy = copy.deepcopy(m.energy)
+        m.energy.load_state_dict(state["ema_energy"])
     return m
 
 
 def _sampler_of(
     run: RunDir, steps: int | None, schedule: str = "strided", which: str = "best"
-) -> tuple[GaussianStepPolicy, nn.Module | None, Normalizer, int, ExperimentConfig]:
+) -> tuple[GaussianStepPolicy, DxMIModels | None, Normalizer, int, ExperimentConfig]:
+    """The policy to sample a run with, its DxMI models (None for a teacher), normaliser, D and config."""
     config = from_yaml(run.config_yaml)
     state = run.load_model()
     normalizer = Normalizer.from_state_dict(state["normalizer"])
@@ -317,19 +348,30 @@ def _sampler_of(
     if steps is not None and steps != config.train.horizon:
         raise ValueError(f"{run.path} is a DxMI sampler trained for T = {config.train.horizon} steps; it cannot sample with {steps}")
     m = restore(run, which)
-    return m.policy, m.energy, normalizer, state["dim"], config
+    return m.policy, m, normalizer, state["dim"], config
+
+
+def _guided(models: DxMIModels | None, guidance: float, run: RunDir) -> float:
+    if guidance < 0:
+        raise ValueError(f"guidance strength must be >= 0, got {guidance}")
+    if guidance and models is None:
+        raise ValueError(f"{run.path} is a teacher run: value guidance needs a DxMI run's value")
+    return guidance
 
 
 def sample(
-    run_path: str | Path, n: int, steps: int | None = None, seed: int = 0, which: str = "best", schedule: str = "strided"
+    run_path: str | Path, n: int, steps: int | None = None, seed: int = 0, which: str = "best",
+    schedule: str = "strided", guidance: float = 0.0,
 ) -> np.ndarray:
     """n samples (n, D) in the data's own units from a DxMI run's model (``which``: "best", the
-    model selected on validation SW, or "last", the final state); a teacher run samples with
+    model selected on validation SW, or "last", the final state; ``guidance``: value-guidance
+    strength lambda, spec section 6, along the time-dependent V); a teacher run samples with
     ``steps`` of its own ``schedule`` chain (default: all of them)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    policy, _, normalizer, _, _ = _sampler_of(RunDir.open(run_path), steps, schedule, which)
-    return _draw(policy, n, seed, normalizer, torch.device("cpu")).numpy()
+    run = RunDir.open(run_path)
+    policy, models, normalizer, _, _ = _sampler_of(run, steps, schedule, which)
+    return _draw(policy, n, seed, normalizer, torch.device("cpu"), models, _guided(models, guidance, run)).numpy()
 
 
 def evaluate(
@@ -340,20 +382,32 @@ def evaluate(
     data_path: str | None = None,
     schedule: str = "strided",
     which: str = "best",
+    guidance: float = 0.0,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Test-split metrics of a run's model: SW, MMD and (DxMI runs) energy AUC. A teacher run is
-    sampled with ``steps`` of its ``schedule`` chain (strided or var); a DxMI run's model is
-    ``which`` = "best" (selected on validation SW) or "last" (the end of training)."""
+    """Metrics of a run's model on the test split (or ``split="val"``, for choosing settings such
+    as ``guidance`` without touching the test data): SW, MMD and (DxMI runs) energy AUC. A teacher
+    run is sampled with ``steps`` of its ``schedule`` chain (strided or var); a DxMI run's model is
+    ``which`` = "best" (selected on validation SW) or "last" (the end of training), sampled with
+    value guidance of strength ``guidance``."""
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be val or test, got {split!r}")
     run = RunDir.open(run_path)
-    policy, energy, normalizer, dim, config = _sampler_of(run, steps, schedule, which)
+    policy, models, normalizer, dim, config = _sampler_of(run, steps, schedule, which)
+    guidance = _guided(models, guidance, run)
     if data_path is not None:
         config.data.name = data_path
     data = load_point_data(config)
     _check_dim(data, dim, f"the model at {run_path}")
     data.normalizer = normalizer
-    n = n or data.test.shape[0]
-    samples = _draw(policy, n, seed + 1, normalizer, torch.device("cpu"))
-    return {"run": str(run_path), "steps": policy.horizon, "n": n, **evaluate_samples(samples, data.test, energy, data)}
+    reference = data.test if split == "test" else data.val
+    n = n or reference.shape[0]
+    samples = _draw(policy, n, seed + 1, normalizer, torch.device("cpu"), models, guidance)
+    energy = models.energy if models is not None else None
+    return {
+        "run": str(run_path), "steps": policy.horizon, "n": n, "guidance": guidance, "split": split,
+        **evaluate_samples(samples, reference, energy, data),
+    }
 
 
 def _finish(run: RunDir, policy: GaussianStepPolicy, models: DxMIModels | None, data: PointData, config: ExperimentConfig, device) -> None:

@@ -88,7 +88,7 @@ def _policy_draw(policy: GaussianStepPolicy, device: torch.device, energy: torch
     if guidance:
         if energy is None:
             raise ValueError("value guidance needs an energy: only DxMI runs have one")
-        return lambda b, g: value_guided_sample(policy, energy, b, guidance, g, device)[-1]
+        return lambda b, g: value_guided_sample(policy, lambda x, t: energy(x), b, guidance, g, device)[-1]
     return lambda b, g: policy.sample(b, generator=g, device=device)[-1]
 
 
@@ -210,16 +210,20 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
         module.to(device)
     agent = DxDP(m.policy, m.value, m.mdp, dxdp_config(t))
     batches = ImageBatches(data.train.to(device), t.batch_size, config.seed, config.image.hflip)
-    dxmi = DxMI(agent, m.mdp, batches, ema_decay=t.ema_decay, lr_schedulers=lr_schedulers(t, agent))
+    dxmi = DxMI(
+        agent, m.mdp, batches, ema_decay=t.ema_decay, energy_ema_decay=t.energy_ema_decay,
+        lr_schedulers=lr_schedulers(t, agent),
+    )
     classifier = _classifier(config)
     teacher_state = _teacher_state(teacher, data.shape)
 
     def evaluate_dxmi() -> dict[str, float]:
         samples = _draw(_policy_draw(dxmi.sampling_policy, device), config.image.eval_samples, config.seed, device)
         metrics = image_scores(samples, data.val, classifier)
+        energy = dxmi.evaluation_energy
         with torch.no_grad():
-            metrics["energy_data"] = float(m.energy(data.val.to(device)).mean())
-            metrics["energy_samples"] = float(m.energy(samples[: _CHUNK].to(device)).mean())
+            metrics["energy_data"] = float(energy(data.val.to(device)).mean())
+            metrics["energy_samples"] = float(energy(samples[: _CHUNK].to(device)).mean())
         metrics.update({f"sigma_{i}": float(s) for i, s in enumerate(m.policy.sigma.detach())})
         return metrics
 
@@ -227,7 +231,7 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
         return {
             "kind": "dxmi",
             "policy": dxmi.sampling_policy.state_dict(),
-            "energy": m.energy.state_dict(),
+            "energy": dxmi.evaluation_energy.state_dict(),
             "mdp": m.mdp.state_dict(),
             **teacher_state,
         }
@@ -243,7 +247,8 @@ def train(config: ExperimentConfig, out: str | Path, resume: bool = False, progr
 
 
 def restore(run: RunDir) -> ImageDxMIModels:
-    """The selected DxMI models of a run (model.pt), on the CPU."""
+    """The selected DxMI models of a run (model.pt), on the CPU; the energy (= value) is its EMA
+    copy where the run kept one."""
     config = from_yaml(run.config_yaml)
     state = run.load_model()
     if state["kind"] != "dxmi":

@@ -4,6 +4,8 @@ noise is drawn in the same order as ``GaussianStepPolicy.sample`` with the same 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -15,7 +17,7 @@ __all__ = ["value_guided_sample", "ddim_sample"]
 
 def value_guided_sample(
     policy: GaussianStepPolicy,
-    energy: nn.Module,
+    cost_to_go: Callable[[Tensor, int], Tensor],
     batch: int,
     strength: float,
     generator: torch.Generator | None = None,
@@ -23,10 +25,12 @@ def value_guided_sample(
 ) -> Tensor:
     """Chains (T + 1, B, *event_shape) of ``policy`` with value guidance after every step:
 
-        x_{t+1} <- x_{t+1} - strength * sigma_t * grad_x V(x_{t+1}),   V(x, t) = E(x)
+        x_{t+1} <- x_{t+1} - strength * sigma_t * grad_x V(x_{t+1}, t + 1)
 
-    ``energy``: (B, ...) -> (B,), low = data-like, so the correction moves samples downhill in
-    energy. strength = 0 gives exactly ``policy.sample``'s chains. No parameter gets a gradient.
+    ``cost_to_go(x, t)``: V of states x (B, ...) at step t in 1..T -> (B,), with V(x, T) = E(x);
+    low = data-like, so the correction moves samples downhill. An image run's time-independent
+    value is ``lambda x, t: energy(x)``. strength = 0 gives exactly ``policy.sample``'s chains.
+    No parameter gets a gradient.
     """
     if strength < 0:
         raise ValueError(f"guidance strength must be >= 0, got {strength}")
@@ -40,7 +44,7 @@ def value_guided_sample(
             return x_next
         with torch.enable_grad():
             x_req = x_next.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(energy(x_req).sum(), x_req)
+            (grad,) = torch.autograd.grad(cost_to_go(x_req, t + 1).sum(), x_req)
         return x_next - strength * sigma[t] * grad
 
     x0 = torch.randn((batch, *policy.event_shape), generator=generator, device=device)

@@ -376,7 +376,7 @@ def evaluate_fid(policy, energy, metric, n: int, args: Args, ctx: Dist) -> tuple
     for i in range(0, n_local, args.fid_batch):
         b = min(args.fid_batch, n_local - i)
         with autocast(args, ctx):
-            x = value_guided_sample(policy, energy, b, args.guidance, g, ctx.device)[-1].float()
+            x = value_guided_sample(policy, lambda y, t: energy(y), b, args.guidance, g, ctx.device)[-1].float()
         with torch.no_grad():
             energy_sum += energy(x).float().sum()
             metric.update(to_uint8(x), real=False)
@@ -663,7 +663,7 @@ def train(args, ctx, config, teacher, images, data_tag, metric, feature_tag, sha
     else:
         with autocast(args, ctx):
             g = torch.Generator(device=ctx.device).manual_seed(rank_seed(args.seed, 0, 3))
-            grid = value_guided_sample(dxmi.sampling_policy, m.energy, 64, args.guidance, g, ctx.device)[-1].float()
+            grid = value_guided_sample(dxmi.sampling_policy, lambda x, t: m.energy(x), 64, args.guidance, g, ctx.device)[-1].float()
     if ctx.main:
         save_grid(grid, out / "samples.png")
         (out / "final.json").write_text(json.dumps(final, indent=2) + "\n")

@@ -61,6 +61,11 @@ def test_cli_jobs_end_to_end(tmp_path: Path, teacher: Path) -> None:
     r = cli("evaluate", str(dxmi), "--which", "last")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout).keys() == report.keys()
+    r = cli("evaluate", str(dxmi), "--guidance", "0.5", "--split", "val")
+    assert r.returncode == 0, r.stderr
+    guided = json.loads(r.stdout)
+    assert (guided["guidance"], guided["split"], report["guidance"], report["split"]) == (0.5, "val", 0.0, "test")
+    assert guided["sw"] != report["sw"] and guided["auc"] != report["auc"]  # other samples, other reference points
 
     for which in ("best", "last"):
         r = cli("sample", str(dxmi), "--n", "200", "--which", which, "--out", str(tmp_path / f"{which}.npy"))
@@ -70,16 +75,19 @@ def test_cli_jobs_end_to_end(tmp_path: Path, teacher: Path) -> None:
 
 
 def _final_state(run: Path) -> dict:
-    return RunDir(run).load_checkpoint()["trainer"]["agent"]["policy"]
+    """The raw policy's parameters and those of any EMA copies at the end of training, one flat dict."""
+    trainer = RunDir(run).load_checkpoint()["trainer"]
+    emas = {f"{name}.{key}": value for name in ("ema_policy", "ema_energy") for key, value in trainer.get(name, {}).items()}
+    return {**trainer["agent"]["policy"], **emas}
 
 
-@pytest.mark.parametrize("lr_decay", ["none", "cosine"])
-def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path: Path, teacher: Path, monkeypatch, lr_decay: str) -> None:
-    config = load_config("8gaussians", [*TINY, f"train.teacher={teacher}", f"train.lr_decay={lr_decay}"])
+@pytest.mark.parametrize("options", [[], ["train.lr_decay=cosine"], ["train.ema_decay=0.9", "train.energy_ema_decay=0.9"]])
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path: Path, teacher: Path, monkeypatch, options: list[str]) -> None:
+    config = load_config("8gaussians", [*TINY, f"train.teacher={teacher}", *options])
     experiment.train(config, tmp_path / "whole", progress=False)
     trainer = RunDir(tmp_path / "whole").load_checkpoint()["trainer"]
     final_rates = [g["lr"] for o in (trainer["agent"]["policy_optimizer"], trainer["reward_optimizer"]) for g in o["param_groups"]]
-    if lr_decay == "cosine":
+    if config.train.lr_decay == "cosine":
         assert max(final_rates) < 1e-12, "cosine decay must end at a zero learning rate"
     else:
         assert min(final_rates) > 0
@@ -100,6 +108,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path: Path, teache
     experiment.train(config, tmp_path / "killed", resume=True, progress=False)
 
     whole, resumed = _final_state(tmp_path / "whole"), _final_state(tmp_path / "killed")
+    assert whole.keys() == resumed.keys()
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0)
     assert experiment.evaluate(tmp_path / "killed") == {**experiment.evaluate(tmp_path / "whole"), "run": str(tmp_path / "killed")}
@@ -146,8 +155,11 @@ def test_bad_inputs_fail_before_training_with_clear_messages(tmp_path: Path, tea
     assert "train.tau_entropy must be >= 0, got -0.1" in _error(capsys, "train", "--out", out, "train.tau_entropy=-0.1")
     assert "net.energy_activation must be one of silu, relu, got 'tanh'" in _error(capsys, "train", "--out", out, "net.energy_activation=tanh")
     assert "train.lr_decay must be none or cosine, got 'linear'" in _error(capsys, "train", "--out", out, "train.lr_decay=linear")
+    assert "train.energy_ema_decay must be in [0, 1) or null, got 1.0" in _error(capsys, "train", "--out", out, "train.energy_ema_decay=1.0")
     assert "teacher run folder not found" in _error(capsys, "train", "--out", out, "--teacher", str(tmp_path / "missing"))
     assert "no run folder at" in _error(capsys, "evaluate", str(tmp_path / "missing"))
+    assert "value guidance needs a DxMI run's value" in _error(capsys, "evaluate", str(teacher), "--guidance", "0.3")
+    assert "guidance strength must be >= 0, got -1.0" in _error(capsys, "sample", str(teacher), "--guidance", "-1")
     assert "nothing to resume" in _error(capsys, "train", "--out", str(tmp_path / "missing"), "--resume")
     assert "bad configuration" in _error(capsys, "train", "--out", out, "train.no_such_key=1")
     assert not Path(out).exists(), "a failed start must not leave a run folder behind"

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from diffrl.agents import DxDP, DxDPConfig
 from diffrl.data import BatchSampler, Normalizer, toy_data
 from diffrl.ddpm import DDPM
-from diffrl.dxmi import DxMI
+from diffrl.dxmi import DxMI, ModelEMA
 from diffrl.mdp import ChainMDP
 from diffrl.metrics import energy_auc, sliced_wasserstein
 from diffrl.nets import AtTime, TimeMLP
@@ -111,3 +112,26 @@ def test_relu_energy_learns_the_modes_a_silu_energy_misses():
     relu, silu = energy_auc_after_contrastive_training("relu"), energy_auc_after_contrastive_training("silu")
     assert relu >= 0.87, relu
     assert silu <= relu - 0.02, (silu, relu)
+
+
+def test_model_ema_is_the_normalised_exponentially_weighted_mean_of_the_iterates():
+    source = torch.nn.Linear(3, 2)
+    ema = ModelEMA(source, decay=0.8)
+    iterates = []
+    for k in range(5):
+        with torch.no_grad():
+            for p in source.parameters():
+                p.add_(torch.randn_like(p) * (k + 1))
+        iterates.append([p.detach().clone() for p in source.parameters()])
+        ema.update()
+    weights = [0.8 ** (len(iterates) - 1 - k) for k in range(len(iterates))]
+    for i, p_ema in enumerate(ema.model.parameters()):
+        expected = sum(w * it[i] for w, it in zip(weights, iterates)) / sum(weights)
+        torch.testing.assert_close(p_ema, expected)
+        assert not p_ema.requires_grad
+    assert all(p.requires_grad for p in source.parameters())
+    restored = ModelEMA(source, decay=0.8)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 5
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
+        ModelEMA(source, decay=1.0)

@@ -123,7 +123,7 @@ def test_value_guidance_lowers_the_mean_energy_of_samples() -> None:
     energy = EnergyResNet(1, width=8, mults=(1, 2))
     mean_energy = {}
     for strength in (0.0, 0.3, 1.0):
-        chain = value_guided_sample(policy, energy, 64, strength, generator=torch.Generator().manual_seed(2))
+        chain = value_guided_sample(policy, lambda x, t: energy(x), 64, strength, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             mean_energy[strength] = float(energy(chain[-1]).mean())
         if strength == 0.0:  # no guidance: exactly the policy's own sampler

@@ -157,3 +157,28 @@ def test_non_positive_initial_sigma_raises(bad):
 def test_non_vector_initial_sigma_raises():
     with pytest.raises(ValueError):
         GaussianStepPolicy(ZeroEps(), torch.ones(2, 2), (2,))
+
+
+def test_point_value_guidance_follows_the_time_dependent_value_then_the_energy():
+    """Each guided step, written out: x_{t+1} = policy(x_t, t, noise_t) - lambda sigma_t grad V(x_{t+1}, t + 1),
+    with V(., T) = E: the value network for t + 1 < T and the energy at the last step."""
+    from diffrl.config import load_config
+    from diffrl.experiment import build_dxmi_models
+    from diffrl.sampling import value_guided_sample
+
+    torch.manual_seed(0)
+    m = build_dxmi_models(load_config("8gaussians", ["net.hidden=16", "net.depth=2", "net.time_dim=16"]), 2, None)
+    strength, batch, horizon = 0.7, 6, m.policy.horizon
+    chain = value_guided_sample(m.policy, m.cost_to_go, batch, strength, generator=torch.Generator().manual_seed(3))
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(batch, 2, generator=g)
+    for t in range(horizon):
+        with torch.no_grad():
+            x_next = m.policy(x, t, torch.randn(batch, 2, generator=g))
+        x_req = x_next.clone().requires_grad_(True)
+        v = m.energy(x_req) if t == horizon - 1 else m.value(x_req, torch.full((batch,), t + 1))
+        (grad,) = torch.autograd.grad(v.sum(), x_req)
+        x = x_next - strength * m.policy.sigma[t].detach() * grad
+        torch.testing.assert_close(chain[t + 1], x)
+    assert all(p.grad is None for p in [*m.value.parameters(), *m.energy.parameters(), *m.policy.parameters()])
