@@ -79,8 +79,8 @@ class DxMI:
             raise ValueError("give data batches (a learnable reward needs them) or, for a fixed reward, a batch_size")
         if agent.policy.horizon != mdp.horizon:
             raise ValueError(f"agent horizon {agent.policy.horizon} != MDP horizon {mdp.horizon}")
-        if energy_ema_decay is not None and not mdp.reward.learnable:
-            raise ValueError("energy_ema_decay needs a learnable reward with an energy network")
+        if energy_ema_decay is not None and not (mdp.reward.learnable and hasattr(mdp.reward, "energy")):
+            raise ValueError("energy_ema_decay needs a learnable reward with an energy network (reward.energy)")
         self.agent, self.mdp, self.data, self.batch_size = agent, mdp, data, batch_size
         self.lr_schedulers = list(lr_schedulers)
         self.ema_policy = ModelEMA(agent.policy, ema_decay, "ema_decay") if ema_decay is not None else None
@@ -93,10 +93,10 @@ class DxMI:
 
     @property
     def evaluation_energy(self) -> nn.Module | None:
-        """The energy to evaluate with (None for a fixed reward): the EMA copy when there is one."""
+        """The energy to evaluate with (None without a ``reward.energy``): the EMA copy when there is one."""
         if self.ema_energy is not None:
             return self.ema_energy.model
-        return self.mdp.reward.energy if self.mdp.reward.learnable else None
+        return getattr(self.mdp.reward, "energy", None)
 
     def step(self) -> dict[str, Tensor]:
         """One iteration on one data batch; returns detached metrics (no host sync)."""

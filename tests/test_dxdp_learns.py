@@ -75,6 +75,9 @@ def test_dxdp_with_a_fixed_reward_moves_samples_to_the_target_mean():
     agent = DxDP(policy, value, mdp, DxDPConfig(tau_entropy=0.1, lr_sampler=3e-3, lr_sigma=1e-2, lr_value=1e-2))
     batch = 64
     dxmi = DxMI(agent, mdp, BatchSampler(torch.zeros(batch, 2), batch, SEED))  # data only set the batch size
+    assert dxmi.evaluation_energy is None
+    with pytest.raises(ValueError, match="energy_ema_decay needs a learnable reward"):
+        DxMI(agent, mdp, batch_size=batch, energy_ema_decay=0.9)
 
     def distance() -> float:
         samples = policy.sample(2000, generator=torch.Generator().manual_seed(1))[-1]
