@@ -26,8 +26,8 @@ from .nets import AtTime, TimeMLP
 from .plots import plot_heatmaps, plot_samples
 from .policy import GaussianStepPolicy
 from .rewards import EnergyReward
-from .sampling import value_guided_sample
 from .run import RunDir
+from .sampling import value_guided_sample
 
 __all__ = ["PointData", "load_point_data", "pretrain", "train", "sample", "evaluate"]
 
@@ -352,6 +352,7 @@ def _sampler_of(
 
 
 def _guided(models: DxMIModels | None, guidance: float, run: RunDir) -> float:
+    """``guidance`` once checked: >= 0, and > 0 only for a DxMI run (a teacher has no value)."""
     if guidance < 0:
         raise ValueError(f"guidance strength must be >= 0, got {guidance}")
     if guidance and models is None:
