@@ -11,4 +11,6 @@ diffrl="$venv/bin/diffrl"
 echo "test metrics of the model selected on validation SW, then of the final state:"
 "$diffrl" evaluate "$out/dxmi"
 "$diffrl" evaluate "$out/dxmi" --which last
+echo "the final state sampled with value guidance (lambda = 0.3, spec section 6):"
+"$diffrl" evaluate "$out/dxmi" --which last --guidance 0.3
 echo "plots: $out/dxmi/samples.png $out/dxmi/value_energy.png"
