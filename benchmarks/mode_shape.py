@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--which", choices=["best", "last"], default="last", help="DxMI runs: selected or final model")
     parser.add_argument("--steps", type=int, default=None, help="teacher runs: steps of its chain")
     parser.add_argument("--schedule", choices=["strided", "var"], default="strided", help="teacher runs: which chain")
+    parser.add_argument("--guidance", type=float, default=0.0, help="DxMI runs: value-guidance strength lambda")
     args = parser.parse_args()
     print("| run | test SW | radial bias | radial std | tangential std | worst mode-share error |")
     print("|---|---|---|---|---|---|")
@@ -54,7 +55,8 @@ def main() -> None:
             raise ValueError(f"{run} was trained on {config.data.name!r}, not 8gaussians")
         test = experiment.load_point_data(config).test
         # seed + 1: the sample seed experiment.evaluate uses, so test SW matches `diffrl evaluate`
-        rows = {run: torch.from_numpy(experiment.sample(run, test.shape[0], args.steps, config.seed + 1, args.which, args.schedule))}
+        samples = experiment.sample(run, test.shape[0], args.steps, config.seed + 1, args.which, args.schedule, args.guidance)
+        rows = {run: torch.from_numpy(samples)}
         if i == 0:
             rows = {"data (an independent draw)": toy_data("8gaussians", test.shape[0], config.seed + 777), **rows}
         for name, x in rows.items():
