@@ -73,6 +73,13 @@ def run_dxmi(root: str, dataset: str, seed: int, name: str, overrides: list[str]
     }
 
 
+def _one_thread() -> None:
+    """Each worker uses one torch thread, evaluations included (two workers share the 2 cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def mean_std(values: list[float | None]) -> dict:
     """Mean and std of the known values (None: a time not recorded)."""
     known = [v for v in values if v is not None]
@@ -93,7 +100,7 @@ def main() -> None:
     quick = ["pretrain.steps=200", "train.steps=100", "train.eval_every=50", "data.n_eval=1000"] if args.quick else []
     start = time.time()
 
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
         teachers = [pool.submit(run_teacher, args.root, ds, s, quick) for ds in args.datasets for s in args.seeds]
         teacher_results = [f.result() for f in teachers]
         specs = []
