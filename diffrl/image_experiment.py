@@ -255,8 +255,8 @@ def restore(run: RunDir) -> ImageDxMIModels:
         raise ValueError(f"{run.path} is a {state['kind']} run, not a DxMI run")
     m = build_image_dxmi(config, _teacher_from_state(state), tuple(state["image_shape"]))
     m.policy.load_state_dict(state["policy"])
-    m.energy.load_state_dict(state["energy"])
     m.mdp.load_state_dict(state["mdp"])
+    m.energy.load_state_dict(state["energy"])  # after the MDP: its reward holds the raw energy, this one may be the EMA
     return m
 
 

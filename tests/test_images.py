@@ -22,6 +22,7 @@ from diffrl.experiment import TeacherTrainer
 from diffrl.image_data import ImageBatches, load_digits_images, read_image_array, read_image_folder, to_uint8
 from diffrl.image_metrics import class_coverage, digits_classifier, image_scores
 from diffrl.sampling import ddim_sample, value_guided_sample
+from diffrl.run import RunDir
 from diffrl.schedules import ChainSchedule
 from diffrl.unet import HO_CIFAR10_CONFIG, build_unet, check_image_shape, load_pretrained_ddpm, save_pretrained_ddpm
 
@@ -257,3 +258,11 @@ def test_cli_runs_the_four_image_jobs_on_the_digits_preset(tmp_path: Path, capsy
     assert scores["steps"] == 10 and scores["n"] == 32 and math.isfinite(scores["fd"]) and 0.1 <= scores["coverage"] <= 1
     assert main(["sample", teacher, "--n", "4", "--guidance", "0.3"]) == 2
     assert "value guidance needs a DxMI run" in capsys.readouterr().err
+
+    run = RunDir(dxmi)  # model.pt's energy (an EMA copy where the run kept one) is what restore returns
+    state = run.load_model()
+    state["energy"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in state["energy"].items()}
+    run.save_model(state)
+    restored = image_experiment.restore(run).energy.state_dict()
+    for key, value in state["energy"].items():
+        torch.testing.assert_close(restored[key], value)
