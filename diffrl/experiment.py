@@ -221,8 +221,9 @@ def build_dxmi_models(config: ExperimentConfig, dim: int, teacher: dict[str, Any
     if teacher is not None:
         ddpm.eps_model.load_state_dict(teacher["eps_model"])
     policy = ddpm.step_policy(t.horizon, (dim,), kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
+    energy_net = _mlp(config, dim, 1, config.net.energy_activation) if t.separate_energy else None  # the reward before the agent's value
     value = _mlp(config, dim, 1)
-    energy = AtTime(_mlp(config, dim, 1, config.net.energy_activation), 0) if t.separate_energy else AtTime(value, t.horizon)
+    energy = AtTime(energy_net, 0) if t.separate_energy else AtTime(value, t.horizon)
     shared = None if t.separate_energy else torch.optim.Adam(value.parameters(), lr=t.lr_value)
     reward = EnergyReward(energy, lr=t.lr_energy, gamma=t.gamma, optimizer=shared)
     mdp = ChainMDP(reward, (dim,), policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay)
