@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from diffrl.mdp import ChainMDP
+from diffrl.optim import OptimizerStep
 from diffrl.policy import GaussianStepPolicy
 
 from .losses import SamplerLoss, ValueTDLoss, time_cost
@@ -86,6 +87,15 @@ class DxDP:
             ]
         )
         self.value_optimizer = value_optimizer or torch.optim.Adam(value.parameters(), lr=config.lr_value)
+        self.value_step = OptimizerStep(self.value_optimizer, config.value_grad_clip)
+        self.sampler_step = OptimizerStep(self.policy_optimizer, config.sampler_grad_clip)
+
+    def optimizer_steps(self) -> list[OptimizerStep]:
+        """The value's and the sampler's optimiser steps (set ``grad_reduce`` on them for many processes)."""
+        return [self.value_step, self.sampler_step]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.policy_optimizer, self.value_optimizer]
 
     def act(self, x: Tensor, t: int | Tensor, noise: Tensor | None = None) -> Tensor:
         return self.policy(x, t, noise)
@@ -101,14 +111,14 @@ class DxDP:
         for t in reversed(range(T)):
             step = torch.full((B,), t, device=chain.device, dtype=torch.long)
             out = self.value_loss(chain[t], chain[t + 1], step, log_sigma)
-            self._step(self.value_optimizer, out["loss_value"], self.config.value_grad_clip)
+            self.value_step(out["loss_value"], f"loss_value at t = {t}")
             value_losses.append(out["loss_value"].detach())
 
         n = self.config.sampler_batch or B
         t_idx = torch.randint(0, T, (n,), device=chain.device)
         b_idx = torch.randint(0, B, (n,), device=chain.device)
         out = self.sampler_loss(chain[t_idx, b_idx], t_idx)
-        self._step(self.policy_optimizer, out["loss_sampler"], self.config.sampler_grad_clip)
+        self.sampler_step(out["loss_sampler"], "loss_sampler")
 
         if self.target_value is not None:
             with torch.no_grad():
@@ -117,16 +127,6 @@ class DxDP:
         metrics = {k: v.detach() for k, v in out.items()}
         metrics["loss_value"] = torch.stack(value_losses).mean()
         return metrics
-
-    @staticmethod
-    def _step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float | None) -> None:
-        """One step of ``optimizer`` on ``loss``; gradient goes only to that optimiser's parameters."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)
-        if clip is not None:
-            nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
 
     def training_state(self) -> dict[str, Any]:
         state = {

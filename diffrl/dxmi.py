@@ -3,6 +3,8 @@
 Per data batch: sample B chains from the current sampler (no grad); AVR update of s_t; one
 reward step if the reward is learnable (inverse RL), none otherwise (plain max-ent RL); then
 ``agent.update(chain)``. Chains are dropped afterwards (fresh on-policy data every batch).
+``step()`` collects its own chains; ``update(chain, x_data)`` trains on chains collected
+elsewhere (a TorchRL or Tianshou collector) exactly the same way.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 
 from .agent import Agent
 from .mdp import ChainMDP
+from .optim import check_finite
 from .policy import GaussianStepPolicy, rollout
 
 __all__ = ["DxMI", "ModelEMA"]
@@ -79,12 +82,15 @@ class DxMI:
             raise ValueError("give data batches (a learnable reward needs them) or, for a fixed reward, a batch_size")
         if agent.policy.horizon != mdp.horizon:
             raise ValueError(f"agent horizon {agent.policy.horizon} != MDP horizon {mdp.horizon}")
-        if energy_ema_decay is not None and not (mdp.reward.learnable and hasattr(mdp.reward, "energy")):
-            raise ValueError("energy_ema_decay needs a learnable reward with an energy network (reward.energy)")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        energy = mdp.reward.energy_network
+        if energy_ema_decay is not None and not (mdp.reward.learnable and energy is not None):
+            raise ValueError("energy_ema_decay needs a learnable reward with an energy network (reward.energy_network)")
         self.agent, self.mdp, self.data, self.batch_size = agent, mdp, data, batch_size
         self.lr_schedulers = list(lr_schedulers)
         self.ema_policy = ModelEMA(agent.policy, ema_decay, "ema_decay") if ema_decay is not None else None
-        self.ema_energy = ModelEMA(mdp.reward.energy, energy_ema_decay, "energy_ema_decay") if energy_ema_decay is not None else None
+        self.ema_energy = ModelEMA(energy, energy_ema_decay, "energy_ema_decay") if energy_ema_decay is not None else None
 
     @property
     def sampling_policy(self) -> GaussianStepPolicy:
@@ -93,17 +99,39 @@ class DxMI:
 
     @property
     def evaluation_energy(self) -> nn.Module | None:
-        """The energy to evaluate with (None without a ``reward.energy``): the EMA copy when there is one."""
+        """The energy to evaluate with (None when the reward has no ``energy_network``): the EMA copy when there is one."""
         if self.ema_energy is not None:
             return self.ema_energy.model
-        return getattr(self.mdp.reward, "energy", None)
+        return self.mdp.reward.energy_network
+
+    def collect(self, batch: int) -> Tensor:
+        """B chains (T + 1, B, ...) of the current policy, without gradient."""
+        with torch.no_grad():
+            return rollout(self.agent.act, self.mdp.reset(batch), self.mdp.horizon)
 
     def step(self) -> dict[str, Tensor]:
-        """One iteration on one data batch; returns detached metrics (no host sync)."""
+        """One iteration on one data batch with freshly collected chains; returns detached metrics."""
         x_data = next(self.data) if self.data is not None else None
-        batch = x_data.shape[0] if x_data is not None else self.batch_size
-        with torch.no_grad():
-            chain = rollout(self.agent.act, self.mdp.reset(batch), self.mdp.horizon)
+        return self.update(self.collect(x_data.shape[0] if x_data is not None else self.batch_size), x_data)
+
+    def update(self, chain: Tensor, x_data: Tensor | None = None) -> dict[str, Tensor]:
+        """One iteration on chains (T + 1, B, ...) of the current policy, collected anywhere, and a
+        data batch (B', ...) (required when the reward is learnable): AVR, the reward step, the
+        agent's update, the EMAs and the learning-rate schedulers. Returns detached metrics.
+
+        Non-finite data or chains raise ``NonFiniteError`` before anything changes; a non-finite
+        loss raises it before its optimiser steps (see ``diffrl.optim``).
+        """
+        if chain.ndim < 3 or chain.shape[0] != self.mdp.horizon + 1 or tuple(chain.shape[2:]) != self.mdp.event_shape:
+            raise ValueError(
+                f"expected chains of shape (T + 1, B, *event_shape) = ({self.mdp.horizon + 1}, B, "
+                f"{', '.join(map(str, self.mdp.event_shape))}), got {tuple(chain.shape)}"
+            )
+        if self.mdp.reward.learnable:
+            if x_data is None:
+                raise ValueError("a learnable reward needs a data batch: update(chain, x_data)")
+            check_finite(x_data, "the data batch")
+        check_finite(chain, "the sampled chains")
         self.mdp.update_velocity_scale(chain)
         metrics: dict[str, Tensor] = {}
         if self.mdp.reward.learnable:
@@ -118,8 +146,7 @@ class DxMI:
 
     def training_state(self) -> dict[str, Any]:
         state = {"agent": self.agent.training_state(), "mdp": self.mdp.state_dict()}
-        if self.mdp.reward.learnable:
-            state["reward_optimizer"] = self.mdp.reward.optimizer.state_dict()
+        state["reward"] = self.mdp.reward.training_state()
         for key, ema in (("ema_policy", self.ema_policy), ("ema_energy", self.ema_energy)):
             if ema is not None:
                 state[key] = ema.state_dict()
@@ -132,8 +159,7 @@ class DxMI:
     def load_training_state(self, state: dict[str, Any]) -> None:
         self.agent.load_training_state(state["agent"])
         self.mdp.load_state_dict(state["mdp"])
-        if self.mdp.reward.learnable:
-            self.mdp.reward.optimizer.load_state_dict(state["reward_optimizer"])
+        self.mdp.reward.load_training_state(state["reward"])
         for key, ema in (("ema_policy", self.ema_policy), ("ema_energy", self.ema_energy)):
             if ema is not None:
                 if key not in state:

@@ -12,6 +12,8 @@ DxDP's losses all call this module.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -49,6 +51,8 @@ class ChainMDP(nn.Module):
         self.tau_velocity = tau_velocity
         self.avr_decay = avr_decay
         self.register_buffer("velocity_scale_sq", scale**2)
+        self.avr_reduce: Callable[[Tensor], Tensor] | None = None
+        """Optional: maps AVR's batch statistic (T,) to its average over processes (diffrl.distributed)."""
 
     @property
     def dim(self) -> int:
@@ -90,4 +94,6 @@ class ChainMDP(nn.Module):
         if self.avr_decay is None:
             return
         step_sq = (chain[1:] - chain[:-1]).flatten(2).pow(2).mean((1, 2))
+        if self.avr_reduce is not None:
+            step_sq = self.avr_reduce(step_sq)
         self.velocity_scale_sq.mul_(self.avr_decay).add_((1 - self.avr_decay) * step_sq)
