@@ -43,12 +43,21 @@ def tensor_digests(state) -> list[str]:
     return out
 
 
+def _command(args: list[str]) -> list[str]:
+    """The command line of this checkout: ``diffrl.app.cli`` with its nested keys, or the 0.1 ``diffrl.cli``."""
+    try:
+        from diffrl.app.config import MOVED
+    except ImportError:
+        return [sys.executable, "-m", "diffrl.cli", *args]
+    return [sys.executable, "-m", "diffrl.app.cli", *(MOVED.get(a.split("=")[0], a.split("=")[0]) + a[a.index("="):] if "=" in a else a for a in args)]
+
+
 def fingerprint(root: Path) -> dict[str, list[str]]:
     import torch
 
     result = {}
     for name, args in RUNS.items():
-        cmd = [sys.executable, "-m", "diffrl.cli", *[a.format(root=root) for a in args], "--out", str(root / name), "--no-progress"]
+        cmd = _command([*(a.format(root=root) for a in args), "--out", str(root / name), "--no-progress"])
         subprocess.run(cmd, check=True)
         state = torch.load(root / name / "checkpoint.pt", weights_only=True)
         result[name] = sorted(tensor_digests(state["trainer"]) + tensor_digests(state["torch_rng"]))

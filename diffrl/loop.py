@@ -1,8 +1,14 @@
 """A training loop for anything with ``step()``: logging, evaluation with model selection,
-atomic checkpoints, exact resume and a stop on non-finite losses."""
+atomic checkpoints, exact resume and a stop on non-finite losses.
+
+Progress: a tqdm bar on a terminal; when stderr is a file or a pipe, one line per logging
+interval instead (a bar redrawn into a log file is thousands of lines).
+"""
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -29,12 +35,21 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class LoopConfig:
-    steps: int
+    steps: int = 1000
+    """Training iterations (a resumed run may raise it to train further)."""
     log_every: int = 100
+    """Iterations between logged losses (metrics.jsonl, TensorBoard, progress lines)."""
     eval_every: int = 500
+    """Iterations between evaluations (model selection on the validation split)."""
     checkpoint_every: int = 500
-    select_metric: str | None = None
-    """Metric of ``evaluate`` that picks model.pt (lower is better); None keeps the last model."""
+    """Iterations between checkpoints (what --resume continues from)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"loop.steps must be >= 0, got {self.steps}")
+        for name in ("log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"loop.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def fit(
@@ -44,16 +59,17 @@ def fit(
     evaluate: Callable[[], dict[str, float]] | None = None,
     model_state: Callable[[], dict[str, Any]] | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
+    select_metric: str | None = None,
 ) -> dict[str, Any]:
     """Run ``trainer.step()`` up to ``config.steps``; returns {"step", "best", "last_eval"}.
 
     With ``resume`` the loop restores the trainer, the global torch RNG, the step counter and the
     best score from ``run.checkpoint_path``, so a resumed run ends exactly as an uninterrupted one.
-    ``model_state()`` gives what model.pt holds; it is saved at the best evaluation.
+    ``model_state()`` gives what model.pt holds; it is saved at the best evaluation of
+    ``select_metric`` (lower is better; None keeps the last model). ``progress``: True a bar,
+    False nothing, None a bar on a terminal and one line per logging interval otherwise.
     """
-    if config.steps < 0:
-        raise ValueError(f"steps must be >= 0, got {config.steps}")
     step, best, last_eval = 0, math.inf, {}
     if resume:
         state = run.load_checkpoint()
@@ -71,14 +87,17 @@ def fit(
         nonlocal best, last_eval
         last_eval = evaluate()
         run.log(step, {f"eval/{k}": v for k, v in last_eval.items()})
-        score = last_eval[config.select_metric] if config.select_metric else -step
+        score = last_eval[select_metric] if select_metric else -step
         if model_state is not None and score <= best:
             best = score
             run.save_model({**model_state(), "step": step, "eval": last_eval})
 
     if evaluate is not None and step == 0:
         evaluate_and_select()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, dynamic_ncols=True)
+    terminal = sys.stderr.isatty() if progress is None else progress
+    lines = progress is None and not terminal
+    bar = tqdm(total=config.steps, initial=step, disable=not terminal, dynamic_ncols=True)
+    started, start_step = time.perf_counter(), step
     try:
         while step < config.steps:
             metrics = trainer.step()
@@ -93,7 +112,11 @@ def fit(
             if step % config.log_every == 0 or step == config.steps:
                 scalars = {k: float(v) for k, v in metrics.items()}
                 run.log(step, scalars)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in scalars.items() if k.startswith("loss")}, refresh=False)
+                losses = {k: f"{v:.3g}" for k, v in scalars.items() if k.startswith("loss")}
+                bar.set_postfix(losses, refresh=False)
+                if lines:
+                    rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
+                    print(f"step {step}/{config.steps} " + " ".join(f"{k} {v}" for k, v in losses.items()) + f" ({rate:.3g} it/s)", file=sys.stderr, flush=True)
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
                 evaluate_and_select()
             elif model_state is not None and evaluate is None and step == config.steps:

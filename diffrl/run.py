@@ -15,30 +15,47 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 
 __all__ = ["RunDir"]
 
 
 class RunDir:
-    def __init__(self, path: str | Path) -> None:
+    """A run folder. ``readonly`` (processes other than rank 0 of a distributed run): reads work,
+    every write is skipped."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self._writer = None
+        self._purge_step: int | None = None
+
+    @staticmethod
+    def check_new(path: str | Path) -> None:
+        """Refuse (FileExistsError) a path that is a file or a folder with anything in it: runs never overwrite."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"--out {path} is a file, not a folder")
+        if path.is_dir():
+            entries = sorted(p.name for p in path.iterdir())
+            if entries:
+                listed = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+                hint = "; pass --resume to continue it" if "checkpoint.pt" in entries else ""
+                raise FileExistsError(f"{path} is not empty (holds {listed}): a run starts only in a new or empty folder{hint}")
 
     @classmethod
-    def create(cls, path: str | Path, config_yaml: str, overwrite: bool = False) -> "RunDir":
-        """A new run folder holding ``config_yaml``; refuses to clobber a run that has a checkpoint."""
-        run = cls(path)
-        if run.checkpoint_path.exists() and not overwrite:
-            raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
-        run.path.mkdir(parents=True, exist_ok=True)
-        (run.path / "config.yaml").write_text(config_yaml)
-        run.metrics_path.unlink(missing_ok=True)
+    def create(cls, path: str | Path, config_yaml: str, readonly: bool = False) -> "RunDir":
+        """A new run folder holding ``config_yaml``, in a missing or empty folder only (see ``check_new``)."""
+        run = cls(path, readonly)
+        if not readonly:
+            cls.check_new(path)
+            run.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run.path / "config.yaml", config_yaml)
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
-        run = cls(path)
+    def open(cls, path: str | Path, readonly: bool = False) -> "RunDir":
+        run = cls(path, readonly)
         if not (run.path / "config.yaml").is_file():
             raise FileNotFoundError(f"no run folder at {run.path} (config.yaml missing)")
         return run
@@ -60,13 +77,15 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        save_checkpoint(state, self.checkpoint_path)
+        if not self.readonly:
+            save_checkpoint(state, self.checkpoint_path)
 
     def load_checkpoint(self) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint_path)
 
     def save_model(self, state: dict[str, Any]) -> None:
-        save_checkpoint(state, self.model_path)
+        if not self.readonly:
+            save_checkpoint(state, self.model_path)
 
     def load_model(self) -> dict[str, Any]:
         if not self.model_path.is_file():
@@ -75,6 +94,8 @@ class RunDir:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append to metrics.jsonl and TensorBoard; non-finite values are written as null."""
+        if self.readonly:
+            return
         record = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in metrics.items()}}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -83,11 +104,13 @@ class RunDir:
             writer.add_scalar(key, value, step)
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop logged records past ``after_step`` (a resumed run repeats them)."""
-        if not self.metrics_path.exists():
+        """Drop logged records past ``after_step`` (a resumed run repeats them), in metrics.jsonl and,
+        through TensorBoard's purge_step, in the events."""
+        self._purge_step = after_step + 1
+        if self.readonly or not self.metrics_path.exists():
             return
         lines = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= after_step]
-        self.metrics_path.write_text("".join(line + "\n" for line in lines))
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -98,7 +121,7 @@ class RunDir:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.path / "tb"))
+            self._writer = SummaryWriter(str(self.path / "tb"), purge_step=self._purge_step)
         return self._writer
 
     def close(self) -> None:
