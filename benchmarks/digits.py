@@ -5,8 +5,9 @@ and its naive and DDIM T-step samplers.
     python benchmarks/digits.py --quick --workers 1      # tiny sizes: checks the plumbing
 
 One teacher (``diffrl pretrain --preset digits``), scored with its own 1000-step ancestral chain
-(teacher_1000), spec section 7's VAR chain before fine-tuning (naive_T, DxMI's start) and
-deterministic DDIM over strided timesteps (ddim_T), T = 4 and 10. Then, per seed, DxMI runs of
+(teacher_1000), spec section 7's VAR chain before fine-tuning (naive_T, DxMI's start:
+``evaluate(teacher, steps=T, schedule="var")``) and deterministic DDIM over strided timesteps
+(ddim_T: ``schedule="ddim"``), T = 4 and 10. Then, per seed, DxMI runs of
 the digits preset: dxmi_4, dxmi_10, dxmi_10_tau0 (tau1 = tau2 = 0), dxmi_10_no_time_cost
 (value target without time cost); dxmi_10_guided samples the dxmi_10 runs with value guidance
 lambda = 0.3. Every number is a test-split score (FD, KID and class coverage on the project's
@@ -38,15 +39,17 @@ GUIDANCE = 0.3
 VARIANTS = {
     "dxmi_4": ["train.horizon=4"],
     "dxmi_10": [],
-    "dxmi_10_tau0": ["train.tau_entropy=0", "train.tau_velocity=0"],
-    "dxmi_10_no_time_cost": ["train.value_target=none"],
+    "dxmi_10_tau0": ["train.dxdp.tau_entropy=0", "train.tau_velocity=0"],
+    "dxmi_10_no_time_cost": ["train.dxdp.value_target=none"],
 }
 QUICK = [
     "image.unet_channels=[8,16]", "image.unet_layers_per_block=1", "image.ebm_width=8", "image.eval_samples=32",
-    "pretrain.steps=30", "pretrain.eval_horizon=5", "train.steps=4", "train.eval_every=2",
-    "train.checkpoint_every=2", "train.log_every=2", "train.batch_size=16",
+    "pretrain.steps=30", "pretrain.eval_horizon=5", "train.loop.steps=4", "train.loop.eval_every=2",
+    "train.loop.checkpoint_every=2", "train.loop.log_every=2", "train.batch_size=16",
 ]
 ROW_KEYS = ("fd", "kid", "coverage")
+BASELINES = {"naive": "var", "ddim": "ddim"}
+"""The teacher's T-step baselines: the schedule ``pipeline.evaluate`` samples a teacher run with."""
 
 
 def _scores(result: dict) -> dict:
@@ -57,21 +60,21 @@ def run_teacher(root: str, overrides: list[str], n: int | None) -> dict:
     """Pretrain (or reuse) the teacher; score its 1000-step chain and the naive / DDIM T-step baselines."""
     import torch
 
-    from diffrl import image_experiment
-    from diffrl.config import load_config
+    from diffrl.app import pipeline
+    from diffrl.app.config import load_config
 
     torch.set_num_threads(1)
     run = Path(root, "teacher")
 
     def train() -> None:
         config = load_config("digits", ["threads=1", *overrides])
-        image_experiment.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
 
     seconds = {"teacher_train": train_seconds(run, train)}
     rows = {}
-    for key, steps, baseline in [("teacher_1000", None, None), *((f"{b}_{T}", T, b) for b in ("naive", "ddim") for T in STEPS)]:
+    for key, steps, schedule in [("teacher_1000", None, "strided"), *((f"{b}_{T}", T, BASELINES[b]) for b in BASELINES for T in STEPS)]:
         start = time.time()
-        rows[key] = _scores(image_experiment.evaluate(run, n=n, steps=steps, baseline=baseline))
+        rows[key] = _scores(pipeline.evaluate(run, n=n, steps=steps, schedule=schedule))
         seconds[f"evaluate_{key}"] = time.time() - start
     return {"rows": rows, "seconds": seconds}
 
@@ -79,8 +82,8 @@ def run_teacher(root: str, overrides: list[str], n: int | None) -> dict:
 def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | None) -> dict:
     import torch
 
-    from diffrl import image_experiment
-    from diffrl.config import load_config
+    from diffrl.app import pipeline
+    from diffrl.app.config import load_config
     from diffrl.run import RunDir
 
     torch.set_num_threads(1)
@@ -88,12 +91,12 @@ def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | Non
 
     def train() -> None:
         config = load_config("digits", [f"seed={seed}", "threads=1", f"train.teacher={Path(root, 'teacher')}", *VARIANTS[name], *overrides])
-        image_experiment.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
 
     seconds = train_seconds(run, train)
-    out = {"name": name, "seed": seed, "train_seconds": seconds, "test": _scores(image_experiment.evaluate(run, n=n, seed=seed))}
+    out = {"name": name, "seed": seed, "train_seconds": seconds, "test": _scores(pipeline.evaluate(run, n=n, seed=seed))}
     if name == "dxmi_10":
-        out["guided"] = _scores(image_experiment.evaluate(run, n=n, seed=seed, guidance=GUIDANCE))
+        out["guided"] = _scores(pipeline.evaluate(run, n=n, seed=seed, guidance=GUIDANCE))
     first_eval = next((r for r in RunDir(run).read_metrics() if "eval/fd" in r), {})
     out["start_val_fd"] = first_eval.get("eval/fd")
     return out
@@ -103,12 +106,11 @@ def throughput(root: str, batch: int = 256, steps: int = 10, repeats: int = 5) -
     """Seconds per batch of the T-step sampler (policy.sample) and of a bare loop of T UNet calls; best of ``repeats``."""
     import torch
 
-    from diffrl.image_experiment import load_teacher
+    from diffrl.app import pipeline
 
     torch.set_num_threads(1)
-    ddpm = load_teacher(Path(root, "teacher"))
-    size = ddpm.eps_model.unet.config.sample_size
-    shape = (ddpm.eps_model.in_channels, size, size)
+    teacher = pipeline.from_run(Path(root, "teacher"))
+    ddpm, shape = teacher.teacher, teacher.task.event_shape
     policy = ddpm.step_policy(steps, shape)
     timesteps = [torch.full((batch,), float(s)) for s in policy.mean_model.timesteps]
 

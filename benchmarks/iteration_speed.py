@@ -155,34 +155,46 @@ def plain_dxmi_iteration(s: PlainState) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------- building both from one config
 
 
-def build_library(config, data: Tensor, seed: int):
-    """The library's DxMI exactly as ``diffrl.experiment.train`` wires a 2D run (CPU)."""
-    from diffrl.agents.dxdp import DxDP, DxDPConfig
+def build_library(config, data: Tensor | None = None, seed: int | None = None):
+    """The library's DxMI exactly as ``diffrl.app.pipeline.train`` composes a 2-D run from scratch
+    (CPU): global seed, the task, a fresh teacher (``task.load_teacher(None)``), ``compose`` (sampler,
+    reward, MDP, agent: the energy is initialised before the value) and ``_dxmi``.
+
+    seed: the run's seed (default ``config.seed``). data: the training split in model units to draw
+    batches from (default: the task's own, ``task.batches``; ``make_data`` gives the same tensor).
+    """
+    from diffrl.app.pipeline import _dxmi, compose
+    from diffrl.app.tasks import make_task
     from diffrl.data import BatchSampler
-    from diffrl.dxmi import DxMI
-    from diffrl.experiment import build_dxmi_models
 
-    torch.manual_seed(seed)
-    m = build_dxmi_models(config, data.shape[1], None)
-    t = config.train
-    agent_config = DxDPConfig(
-        tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value,
-        value_target=t.value_target, time_cost_scale=t.time_cost_scale, sampler_grad_clip=t.sampler_grad_clip,
-        target_update=t.target_update,
-    )
-    # a value net shared with the energy (E = V(., T)) is stepped by one Adam, as in experiment.train
-    shared = {} if t.separate_energy else {"value_optimizer": m.mdp.reward.optimizer}
-    agent = DxDP(m.policy, m.value, m.mdp, agent_config, **shared)
+    config = copy.deepcopy(config)
+    if seed is not None:
+        config.seed = seed
+    t, device = config.train, torch.device("cpu")
+    torch.manual_seed(config.seed)  # pipeline.setup
+    task = make_task(config)
+    teacher = task.load_teacher(t.teacher)  # None: the teacher's network freshly initialised
+    c = compose(config, task, teacher, device)
+    batches = task.batches(t.batch_size, config.seed, device) if data is None else BatchSampler(data, t.batch_size, config.seed)
     # the energy's evaluation EMA (a default) runs on the library side only: the ratio includes its cost
-    return DxMI(agent, m.mdp, BatchSampler(data, t.batch_size, seed), ema_decay=t.ema_decay, energy_ema_decay=t.energy_ema_decay)
+    c.dxmi = _dxmi(config, c, batches)
+    return c.dxmi
 
 
-def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:
+def plain_from_library(dxmi, config, data: Tensor | None = None, seed: int | None = None) -> PlainState:
     """A PlainState with a deep copy of the library's initial weights and AVR buffer, and fresh optimisers
-    with the library's learning rates."""
-    t = config.train
-    if t.value_target != "running" or t.target_update is not None or t.ema_decay is not None or t.avr_decay is None:
-        raise ValueError("the plain version covers running-cost targets, no target network, no EMA, AVR on")
+    with the library's learning rates. data: the training split (default: the one ``dxmi`` draws from);
+    seed: of the data batches' generator (default ``config.seed``)."""
+    t, d = config.train, config.train.dxdp
+    covered = (
+        d.value_target == "running" and d.target_update is None and d.sampler_batch is None and d.value_grad_clip is None
+        and t.ema_decay is None and t.avr_decay is not None and t.lr_decay == "none" and t.reward == "energy" and t.agent == "dxdp"
+    )
+    if not covered:
+        raise ValueError("the plain version covers DxDP with running-cost targets, no target network, no sampler_batch, no value "
+                         "clip, no sampler EMA, no lr decay, AVR on and the energy reward")
+    data = dxmi.data.data if data is None else data
+    seed = config.seed if seed is None else seed
     policy, mdp = dxmi.agent.policy, dxmi.mdp
     energy_at = mdp.reward.energy  # AtTime(net, time)
     nets = copy.deepcopy({"eps": policy.mean_model.eps_model, "value": dxmi.agent.value, "energy": energy_at.net})
@@ -199,8 +211,8 @@ def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:
         velocity_scale_sq=mdp.velocity_scale_sq.clone(),
         c_x=policy.mean_model.c_x.clone(), c_eps=policy.mean_model.c_eps.clone(), tau=policy.mean_model.timesteps.clone(),
         energy_time=energy_at.t,
-        tau_velocity=t.tau_velocity, tau_entropy=t.tau_entropy, gamma=t.gamma, avr_decay=t.avr_decay,
-        sampler_grad_clip=t.sampler_grad_clip,
+        tau_velocity=t.tau_velocity, tau_entropy=d.tau_entropy, gamma=t.gamma, avr_decay=t.avr_decay,
+        sampler_grad_clip=d.sampler_grad_clip,
         energy_opt=energy_opt, value_opt=value_opt,
         policy_opt=torch.optim.Adam([{"params": list(nets["eps"].parameters()), "lr": lr(agent.policy_optimizer, 0)},
                                      {"params": [log_sigma_train], "lr": lr(agent.policy_optimizer, 1)}]),
@@ -209,16 +221,17 @@ def plain_from_library(dxmi, config, data: Tensor, seed: int) -> PlainState:
 
 
 def make_config(batch: int, hidden: int = 128, depth: int = 3, time_dim: int = 64, overrides: list[str] | None = None):
-    from diffrl.config import load_config
+    from diffrl.app.config import load_config
 
     return load_config(None, [f"train.batch_size={batch}", f"net.hidden={hidden}", f"net.depth={depth}", f"net.time_dim={time_dim}", *(overrides or [])])
 
 
 def make_data(n: int, seed: int) -> Tensor:
-    from diffrl.data import Normalizer, toy_data
+    """The training split of 8 Gaussians in model units, as the pipeline's task loads it (n points, ``seed``)."""
+    from diffrl.app.config import load_config
+    from diffrl.app.tasks import make_task
 
-    raw = toy_data("8gaussians", n, seed)
-    return Normalizer.fit(raw).encode(raw)
+    return make_task(load_config(None, ["data.name=8gaussians", f"data.n_train={n}", f"seed={seed}"])).split("train")
 
 
 def named_state(dxmi) -> dict[str, Tensor]:
@@ -355,7 +368,7 @@ if __name__ == "__main__":
     checks = {}
     for name, overrides in [
         ("default config, batch 128", []),
-        ("large learning rates, batch 128", ["train.lr_sampler=1e-3", "train.lr_sigma=1e-2", "train.lr_value=1e-2", "train.lr_energy=1e-2"]),
+        ("large learning rates, batch 128", ["train.dxdp.lr_sampler=1e-3", "train.dxdp.lr_sigma=1e-2", "train.dxdp.lr_value=1e-2", "train.lr_energy=1e-2"]),
     ]:
         try:
             checks[name] = check_equivalence(make_config(128, overrides=overrides), data, args.check_iters, args.seed)

@@ -15,11 +15,9 @@ import argparse
 import torch
 from torch import Tensor
 
-from diffrl import experiment
-from diffrl.config import from_yaml
+from diffrl.app import pipeline
 from diffrl.data import EIGHT_GAUSSIANS_CENTRES, toy_data
 from diffrl.metrics import sliced_wasserstein
-from diffrl.run import RunDir
 
 
 def mode_shape(x: Tensor) -> dict[str, float]:
@@ -39,6 +37,21 @@ def mode_shape(x: Tensor) -> dict[str, float]:
     }
 
 
+def sampler_of(path: str, which: str, steps: int | None, schedule: str) -> pipeline.Run:
+    """The run to sample: a DxMI run's ``which`` model, or a teacher run's ``steps``-step ``schedule``
+    chain with the last step's sigma at 1e-3 (``DDPM.step_policy``'s default, with which the
+    teachers in docs/results.md were measured; ``pipeline.from_run`` takes the run's
+    ``train.last_sigma``, 0.05, DxMI's start)."""
+    _, config, state = pipeline.open_run(path)
+    if config.data.name != "8gaussians":
+        raise ValueError(f"{path} was trained on {config.data.name!r}, not 8gaussians")
+    if state["kind"] == "dxmi":
+        return pipeline.from_run(path, which, steps, schedule)
+    run = pipeline.from_run(path, "best", steps, schedule)
+    run.policy = run.teacher.step_policy(run.policy.horizon, run.task.event_shape, kind=schedule).to(run.device)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="8gaussians run folders (DxMI or teacher)")
@@ -50,12 +63,10 @@ def main() -> None:
     print("| run | test SW | radial bias | radial std | tangential std | worst mode-share error |")
     print("|---|---|---|---|---|---|")
     for i, run in enumerate(args.runs):
-        config = from_yaml(RunDir.open(run).config_yaml)
-        if config.data.name != "8gaussians":
-            raise ValueError(f"{run} was trained on {config.data.name!r}, not 8gaussians")
-        test = experiment.load_point_data(config).test
-        # seed + 1: the sample seed experiment.evaluate uses, so test SW matches `diffrl evaluate`
-        samples = experiment.sample(run, test.shape[0], args.steps, config.seed + 1, args.which, args.schedule, args.guidance)
+        r = sampler_of(run, args.which, args.steps, args.schedule)
+        test = r.task.raw["test"]  # data units
+        # seed + 1: the sample seed pipeline.evaluate uses, so test SW matches `diffrl evaluate` (teachers: toy2d.py)
+        samples = r.task.to_output(r.sample(test.shape[0], r.config.seed + 1, args.guidance))
         rows = {run: torch.from_numpy(samples)}
         if i == 0:
             rows = {"data (an independent draw)": toy_data("8gaussians", test.shape[0], config.seed + 777), **rows}

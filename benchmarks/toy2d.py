@@ -26,7 +26,7 @@ from _timing import train_seconds
 
 TAUS = (0.0, 0.01, 0.1, 1.0)
 DDPM_STEPS = (5, 10, 100, 1000)
-SCRATCH = ["train.lr_sampler=1e-4", "train.lr_sigma=1e-3", "train.steps=6000"]
+SCRATCH = ["train.dxdp.lr_sampler=1e-4", "train.dxdp.lr_sigma=1e-3", "train.loop.steps=6000"]
 GUIDANCE = (0.1, 0.2, 0.3, 0.5)
 
 
@@ -34,39 +34,55 @@ def _finished(run: Path) -> bool:
     return (run / "model.pt").is_file() and (run / "samples.npy").is_file()
 
 
+def evaluate_teacher(run: Path, steps: int, seed: int, schedule: str = "strided") -> dict:
+    """Test scores of a teacher run's ``steps``-step ``schedule`` chain with the last step's sigma
+    at 1e-3 (``DDPM.step_policy``'s default), as every number of the table was measured (diffrl
+    0.1's ``experiment.evaluate``). ``pipeline.evaluate`` would sample it with the run's
+    ``train.last_sigma`` (0.05, what DxMI starts from) instead; otherwise this is that function:
+    same samples (seed + 1), same scores."""
+    from diffrl.app import pipeline
+
+    r = pipeline.from_run(run, steps=steps, schedule=schedule)
+    r.policy = r.teacher.step_policy(r.policy.horizon, r.task.event_shape, kind=schedule).to(r.device)
+    n = r.task.split("test").shape[0]
+    scores, _ = r.task.evaluate(r.draw(), n, seed + 1, "test", None, r.device)
+    return {"run": str(run), "kind": r.kind, "which": "best", "steps": r.policy.horizon, "n": n, "guidance": 0.0, "split": "test",
+            "schedule": schedule, "last_sigma": float(r.policy.sigma[-1]), **scores}
+
+
 def run_teacher(root: str, dataset: str, seed: int, overrides: list[str]) -> dict:
-    from diffrl import experiment
-    from diffrl.config import load_config
+    from diffrl.app import pipeline
+    from diffrl.app.config import load_config
 
     run = Path(root, dataset, f"teacher-s{seed}")
 
     def train() -> None:
         config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
-        experiment.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
 
     wall = train_seconds(run, train, finished=_finished(run))
     rows = {}
     for steps in DDPM_STEPS:
-        rows[f"ddpm_{steps}"] = experiment.evaluate(run, steps=steps, seed=seed)
-    rows["naive_var_5"] = experiment.evaluate(run, steps=5, seed=seed, schedule="var")
+        rows[f"ddpm_{steps}"] = evaluate_teacher(run, steps, seed)
+    rows["naive_var_5"] = evaluate_teacher(run, 5, seed, schedule="var")
     return {"dataset": dataset, "seed": seed, "teacher_seconds": wall, "rows": rows}
 
 
 def run_dxmi(root: str, dataset: str, seed: int, name: str, overrides: list[str]) -> dict:
-    from diffrl import experiment
-    from diffrl.config import load_config
+    from diffrl.app import pipeline
+    from diffrl.app.config import load_config
 
     run = Path(root, dataset, f"{name}-s{seed}")
 
     def train() -> None:
         config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
-        experiment.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
 
     wall = train_seconds(run, train, finished=_finished(run))
-    best, last = experiment.evaluate(run, seed=seed), experiment.evaluate(run, seed=seed, which="last")
-    val_sw = {g: experiment.evaluate(run, seed=seed, which="last", guidance=g, split="val")["sw"] for g in GUIDANCE}
+    best, last = pipeline.evaluate(run, seed=seed), pipeline.evaluate(run, seed=seed, which="last")
+    val_sw = {g: pipeline.evaluate(run, seed=seed, which="last", guidance=g, split="val")["sw"] for g in GUIDANCE}
     guidance = min(val_sw, key=val_sw.get)
-    guided = experiment.evaluate(run, seed=seed, which="last", guidance=guidance)
+    guided = pipeline.evaluate(run, seed=seed, which="last", guidance=guidance)
     return {
         "dataset": dataset, "seed": seed, "name": name, "seconds": wall, "test": best, "test_last": last,
         "val_sw_by_guidance": val_sw, "test_last_guided": guided,
@@ -97,7 +113,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/toy2d.json")
     parser.add_argument("--quick", action="store_true", help="tiny runs to check the plumbing")
     args = parser.parse_args()
-    quick = ["pretrain.steps=200", "train.steps=100", "train.eval_every=50", "data.n_eval=1000"] if args.quick else []
+    quick = ["pretrain.steps=200", "train.loop.steps=100", "train.loop.eval_every=50", "data.n_eval=1000"] if args.quick else []
     start = time.time()
 
     with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
@@ -109,7 +125,7 @@ def main() -> None:
             for s in args.seeds:
                 teacher = f"train.teacher={Path(args.root, ds, f'teacher-s{s}')}"
                 for tau in taus:
-                    o = [teacher, f"train.tau_entropy={tau}", f"train.tau_velocity={tau}", *quick]
+                    o = [teacher, f"train.dxdp.tau_entropy={tau}", f"train.tau_velocity={tau}", *quick]
                     specs.append((ds, s, f"dxmi-tau{tau}", o))
                 if ds == "8gaussians":
                     specs.append((ds, s, "dxmi-scratch-tau0.1", [*SCRATCH, *quick]))

@@ -62,7 +62,8 @@ class Dist:
 
 def init_processes(device: str) -> Dist:
     """device "auto", "cpu" or "cuda": one process (plain python), or a torchrun group (WORLD_SIZE > 1)
-    on NCCL with GPUs and gloo on CPUs. Raises ValueError when cuda is asked for and missing."""
+    on NCCL with GPUs and gloo on CPUs. Raises ValueError when cuda is asked for and missing. Called
+    again in a process whose group is started, it returns that group's Dist (for a job after train)."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -73,7 +74,7 @@ def init_processes(device: str) -> Dist:
     dev = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(dev)
-    if world > 1:
+    if world > 1 and not dist.is_initialized():  # a second call (after pipeline.train) joins the same group
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=30), device_id=dev if cuda else None)
     return Dist(dist.get_rank() if world > 1 else 0, world, dev)
 

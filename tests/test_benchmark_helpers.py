@@ -1,16 +1,23 @@
 """Helpers the benchmarks rely on for honest reports: stage times that survive a resumed run, the
-learning-curve plot of docs/results, and the 8-Gaussian mode-shape diagnostic."""
+learning-curve plot of docs/results, the 8-Gaussian mode-shape diagnostic, the teacher chains the
+2-D table was measured with, and the DDIM baseline of the digits table (``schedule="ddim"``)."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from diffrl.app import pipeline
+from diffrl.app.config import load_config
 from diffrl.data import toy_data
 from diffrl.plots import plot_learning_curves
+from diffrl.sampling import ddim_sample
 
 
 def _load(name: str):
@@ -22,7 +29,20 @@ def _load(name: str):
 
 
 timing = _load("_timing")
+sys.modules.setdefault("_timing", timing)  # the benchmarks import it as a sibling script
 shape = _load("mode_shape")
+toy2d = _load("toy2d")
+
+TINY = ["pretrain.steps=30", "pretrain.num_timesteps=100", "pretrain.eval_horizon=10", "data.n_train=2000", "data.n_eval=400",
+        "net.hidden=16", "net.depth=2", "net.time_dim=8", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A tiny 8-Gaussian teacher run (train.last_sigma at its default, 0.05)."""
+    run = tmp_path_factory.mktemp("bench") / "teacher"
+    pipeline.pretrain(load_config("8gaussians", TINY), run, progress=False)
+    return run
 
 
 def test_train_time_is_measured_once_and_reported_again_on_a_rerun(tmp_path: Path) -> None:
@@ -71,3 +91,35 @@ def test_mode_shape_sees_modes_widened_along_the_circle_only() -> None:
     s = shape.mode_shape(centre + offset + 0.25 * tangential)
     assert abs(s["radial_std"] - 0.5 / 1.414) < 0.01
     assert abs(s["tangential_std"] - 1.25 * 0.5 / 1.414) < 0.015  # a few tails cross to the next mode
+
+
+def test_toy2d_scores_teachers_with_the_chain_of_the_recorded_table(teacher: Path, tmp_path: Path) -> None:
+    """Its teacher rows sample with a last sigma of 1e-3 (as diffrl 0.1 did), where pipeline.evaluate
+    takes the run's train.last_sigma; otherwise they are pipeline.evaluate's numbers exactly."""
+    twin = tmp_path / "teacher-last-sigma-1e-3"
+    shutil.copytree(teacher, twin)
+    config = (twin / "config.yaml").read_text()
+    assert "last_sigma: 0.05" in config
+    (twin / "config.yaml").write_text(config.replace("last_sigma: 0.05", "last_sigma: 0.001"))
+    for steps, schedule in [(10, "strided"), (5, "var")]:
+        row = toy2d.evaluate_teacher(teacher, steps, seed=2, schedule=schedule)
+        assert row["steps"] == steps and row["n"] == 400 and row["last_sigma"] == pytest.approx(1e-3)
+        same = pipeline.evaluate(twin, steps=steps, seed=2, schedule=schedule)
+        assert (row["sw"], row["mmd"]) == (same["sw"], same["mmd"])
+        assert row["sw"] != pipeline.evaluate(teacher, steps=steps, seed=2, schedule=schedule)["sw"]
+
+
+def test_mode_shape_samples_a_teacher_run_whatever_which_says(teacher: Path) -> None:
+    run = shape.sampler_of(str(teacher), "last", 5, "var")
+    assert run.kind == "teacher" and run.policy.horizon == 5
+    assert float(run.policy.sigma[-1]) == pytest.approx(1e-3)
+
+
+def test_ddim_schedule_of_a_teacher_run_is_deterministic_ddim_over_the_strided_steps(teacher: Path) -> None:
+    run = pipeline.from_run(teacher, steps=5, schedule="ddim")
+    expected = ddim_sample(run.teacher.eps_model, run.teacher.schedule(5, "strided"), 64, (2,), torch.Generator().manual_seed(3))[-1]
+    got = pipeline.sample(teacher, 64, steps=5, seed=3, schedule="ddim")
+    np.testing.assert_array_equal(got, run.task.to_output(expected))
+    assert not np.array_equal(got, pipeline.sample(teacher, 64, steps=5, seed=3, schedule="strided"))
+    scores = pipeline.evaluate(teacher, steps=5, schedule="ddim")
+    assert scores["steps"] == 5 and np.isfinite(scores["sw"])

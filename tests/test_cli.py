@@ -11,29 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from diffrl import experiment
-from diffrl.cli import main
-from diffrl.config import load_config
+from diffrl.app import pipeline
+from diffrl.app.cli import main
+from diffrl.app.config import load_config
 from diffrl.dxmi import DxMI
 from diffrl.run import RunDir
 
 TINY = [
     "net.hidden=16", "net.depth=2", "net.time_dim=16", "data.n_train=2000", "data.n_eval=400",
     "pretrain.steps=300", "pretrain.batch_size=128", "pretrain.eval_horizon=10",
-    "train.steps=40", "train.batch_size=32", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=10",
+    "train.loop.steps=40", "train.batch_size=32", "train.loop.eval_every=20", "train.loop.checkpoint_every=20", "train.loop.log_every=10",
     "threads=1",
 ]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "diffrl.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "diffrl.app.cli", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "teacher"
-    experiment.pretrain(load_config("8gaussians", TINY), out, progress=False)
+    pipeline.pretrain(load_config("8gaussians", TINY), out, progress=False)
     return out
 
 
@@ -84,9 +84,9 @@ def _final_state(run: Path) -> dict:
 @pytest.mark.parametrize("options", [[], ["train.lr_decay=cosine"], ["train.ema_decay=0.9", "train.energy_ema_decay=0.9"]])
 def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path: Path, teacher: Path, monkeypatch, options: list[str]) -> None:
     config = load_config("8gaussians", [*TINY, f"train.teacher={teacher}", *options])
-    experiment.train(config, tmp_path / "whole", progress=False)
+    pipeline.train(config, tmp_path / "whole", progress=False)
     trainer = RunDir(tmp_path / "whole").load_checkpoint()["trainer"]
-    final_rates = [g["lr"] for o in (trainer["agent"]["policy_optimizer"], trainer["reward_optimizer"]) for g in o["param_groups"]]
+    final_rates = [g["lr"] for o in (trainer["agent"]["policy_optimizer"], trainer["reward"]["optimizer"]) for g in o["param_groups"]]
     if config.train.lr_decay == "cosine":
         assert max(final_rates) < 1e-12, "cosine decay must end at a zero learning rate"
     else:
@@ -102,16 +102,16 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path: Path, teache
 
     monkeypatch.setattr(DxMI, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        experiment.train(config, tmp_path / "killed", progress=False)
+        pipeline.train(config, tmp_path / "killed", progress=False)
     assert RunDir(tmp_path / "killed").load_checkpoint()["step"] == 20
     monkeypatch.setattr(DxMI, "step", original_step)
-    experiment.train(config, tmp_path / "killed", resume=True, progress=False)
+    pipeline.train(config, tmp_path / "killed", resume=True, progress=False)
 
     whole, resumed = _final_state(tmp_path / "whole"), _final_state(tmp_path / "killed")
     assert whole.keys() == resumed.keys()
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0)
-    assert experiment.evaluate(tmp_path / "killed") == {**experiment.evaluate(tmp_path / "whole"), "run": str(tmp_path / "killed")}
+    assert pipeline.evaluate(tmp_path / "killed") == {**pipeline.evaluate(tmp_path / "whole"), "run": str(tmp_path / "killed")}
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [json.loads(line)["step"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
 
@@ -129,7 +129,7 @@ def test_non_finite_loss_stops_with_its_name_and_step_and_keeps_the_checkpoint(t
     monkeypatch.setattr(DxMI, "step", poisoned_step)
     config = load_config("8gaussians", [*TINY, f"train.teacher={teacher}"])
     with pytest.raises(FloatingPointError, match=r"loss_value became non-finite at step 27"):
-        experiment.train(config, tmp_path / "nan", progress=False)
+        pipeline.train(config, tmp_path / "nan", progress=False)
     assert RunDir(tmp_path / "nan").load_checkpoint()["step"] == 20
 
 
@@ -152,14 +152,14 @@ def test_bad_inputs_fail_before_training_with_clear_messages(tmp_path: Path, tea
     assert "trained on D = 2" in _error(capsys, "train", "--out", out, "--teacher", str(teacher), "--data", str(tmp_path / "three.npy"), *TINY)
     assert "unknown preset 'nine-gaussians'" in _error(capsys, "train", "--preset", "nine-gaussians", "--out", out)
     assert "train.horizon (T) must be >= 1, got 0" in _error(capsys, "train", "--out", out, "train.horizon=0")
-    assert "train.tau_entropy must be >= 0, got -0.1" in _error(capsys, "train", "--out", out, "train.tau_entropy=-0.1")
+    assert "tau_entropy must be >= 0, got -0.1" in _error(capsys, "train", "--out", out, "train.dxdp.tau_entropy=-0.1")
     assert "net.energy_activation must be one of silu, relu, got 'tanh'" in _error(capsys, "train", "--out", out, "net.energy_activation=tanh")
     assert "train.lr_decay must be none or cosine, got 'linear'" in _error(capsys, "train", "--out", out, "train.lr_decay=linear")
     assert "train.energy_ema_decay must be in [0, 1) or null, got 1.0" in _error(capsys, "train", "--out", out, "train.energy_ema_decay=1.0")
-    assert "teacher run folder not found" in _error(capsys, "train", "--out", out, "--teacher", str(tmp_path / "missing"))
+    assert "no run folder at" in _error(capsys, "train", "--out", out, "--teacher", str(tmp_path / "missing"))
     assert "no run folder at" in _error(capsys, "evaluate", str(tmp_path / "missing"))
-    assert "value guidance needs a DxMI run's value" in _error(capsys, "evaluate", str(teacher), "--guidance", "0.3")
-    assert "guidance strength must be >= 0, got -1.0" in _error(capsys, "sample", str(teacher), "--guidance", "-1")
+    assert "value guidance needs a DxMI run with one" in _error(capsys, "evaluate", str(teacher), "--guidance", "0.3")
+    assert "--guidance must be a finite number >= 0, got -1" in _error(capsys, "sample", str(teacher), "--guidance", "-1")
     assert "nothing to resume" in _error(capsys, "train", "--out", str(tmp_path / "missing"), "--resume")
     assert "bad configuration" in _error(capsys, "train", "--out", out, "train.no_such_key=1")
     assert not Path(out).exists(), "a failed start must not leave a run folder behind"

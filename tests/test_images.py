@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffrl import image_experiment
-from diffrl.agents import DxDP, DxDPConfig
-from diffrl.cli import main
-from diffrl.config import load_config
+from diffrl.app import pipeline
+from diffrl.app.cli import main
+from diffrl.app.config import load_config
+from diffrl.app.tasks import make_task
 from diffrl.ddpm import DDPM
 from diffrl.dxmi import DxMI
 from diffrl.ebm import EnergyResNet, TimeIndependentValue
-from diffrl.experiment import TeacherTrainer
 from diffrl.image_data import ImageBatches, load_digits_images, read_image_array, read_image_folder, to_uint8
 from diffrl.image_metrics import class_coverage, digits_classifier, image_scores
 from diffrl.sampling import ddim_sample, value_guided_sample
@@ -99,7 +98,7 @@ def test_teacher_errors_are_clear(tmp_path: Path, digits) -> None:
     ]:
         config = load_config("digits", [f"train.teacher={teacher}", *TINY_UNET])
         with pytest.raises(error, match=message):
-            image_experiment.train(config, tmp_path / "run", progress=False)
+            pipeline.train(config, tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()  # failed before any work
 
 
@@ -214,22 +213,21 @@ def test_digits_fine_tune_lowers_fd_of_the_naive_4_step_sampler(digits) -> None:
     wiring. Seeds 0..2 went from FD 18.2 to 8.0..11.3 when this was written; the bar is 0.75x."""
     classifier, _ = digits_classifier(0)
     teacher = tiny_ddpm()
-    trainer = TeacherTrainer(teacher, ImageBatches(digits.train, 64, seed=0), lr=3e-3, steps=200)
+    trainer = pipeline.TeacherTrainer(teacher, ImageBatches(digits.train, 64, seed=0), lr=3e-3, steps=200)
     for _ in range(200):
         trainer.step()
     config = load_config("digits", [
-        *TINY_UNET, "train.horizon=4", "train.lr_sampler=1e-4", "train.lr_sigma=1e-4", "train.lr_value=1e-5",
+        *TINY_UNET, "train.horizon=4", "train.dxdp.lr_sampler=1e-4", "train.dxdp.lr_sigma=1e-4", "train.dxdp.lr_value=1e-5",
         "train.lr_energy=3e-3",
     ])
-    m = image_experiment.build_image_dxmi(config, teacher, SHAPE)
-    assert m.mdp.reward.energy is m.energy and m.value.energy is m.energy  # V(x, t) = E(x): one network
-    assert m.policy.mean_model.eps_model is teacher.eps_model and m.policy.fix_last
-    t = config.train
-    agent_config = DxDPConfig(tau_entropy=t.tau_entropy, lr_sampler=t.lr_sampler, lr_sigma=t.lr_sigma, lr_value=t.lr_value, value_target=t.value_target)
-    dxmi = DxMI(DxDP(m.policy, m.value, m.mdp, agent_config), m.mdp, ImageBatches(digits.train, 32, seed=0))
+    c = pipeline.compose(config, make_task(config), teacher, torch.device("cpu"))
+    assert c.agent.value.energy is c.reward.energy  # V(x, t) = E(x): one network
+    assert c.agent.value_optimizer is not c.reward.optimizer  # the digits preset keeps two Adam states
+    assert c.policy.mean_model.eps_model is teacher.eps_model and c.policy.fix_last
+    dxmi = DxMI(c.agent, c.mdp, ImageBatches(digits.train, 32, seed=0))
 
     def fd() -> float:
-        samples = m.policy.sample(360, generator=torch.Generator().manual_seed(1))[-1]
+        samples = c.policy.sample(360, generator=torch.Generator().manual_seed(1))[-1]
         return image_scores(samples, digits.test, classifier)["fd"]
 
     fd_naive = fd()
@@ -242,7 +240,7 @@ def test_digits_fine_tune_lowers_fd_of_the_naive_4_step_sampler(digits) -> None:
 
 def test_cli_runs_the_four_image_jobs_on_the_digits_preset(tmp_path: Path, capsys) -> None:
     tiny = [*TINY_UNET, "pretrain.steps=4", "pretrain.eval_horizon=5", "image.eval_samples=16",
-            "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1", "train.batch_size=8"]
+            "train.loop.steps=2", "train.loop.eval_every=2", "train.loop.checkpoint_every=2", "train.loop.log_every=1", "train.batch_size=8"]
     teacher, dxmi = str(tmp_path / "teacher"), str(tmp_path / "dxmi")
     assert main(["pretrain", "--preset", "digits", "--out", teacher, "--no-progress", *tiny]) == 0
     assert (tmp_path / "teacher" / "teacher" / "config.json").is_file()
@@ -263,6 +261,6 @@ def test_cli_runs_the_four_image_jobs_on_the_digits_preset(tmp_path: Path, capsy
     state = run.load_model()
     state["energy"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in state["energy"].items()}
     run.save_model(state)
-    restored = image_experiment.restore(run).energy.state_dict()
+    restored = pipeline.from_run(dxmi).energy.state_dict()
     for key, value in state["energy"].items():
         torch.testing.assert_close(restored[key], value)

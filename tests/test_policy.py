@@ -1,6 +1,8 @@
 """GaussianStepPolicy: log-density, sampling, reparametrised steps, fixed last sigma, DDIM means."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -162,14 +164,18 @@ def test_non_vector_initial_sigma_raises():
 def test_point_value_guidance_follows_the_time_dependent_value_then_the_energy():
     """Each guided step, written out: x_{t+1} = policy(x_t, t, noise_t) - lambda sigma_t grad V(x_{t+1}, t + 1),
     with V(., T) = E: the value network for t + 1 < T and the energy at the last step."""
-    from diffrl.config import load_config
-    from diffrl.experiment import build_dxmi_models
+    from diffrl.app.config import load_config
+    from diffrl.app.pipeline import compose
+    from diffrl.app.tasks import make_task
     from diffrl.sampling import value_guided_sample
 
     torch.manual_seed(0)
-    m = build_dxmi_models(load_config("8gaussians", ["net.hidden=16", "net.depth=2", "net.time_dim=16"]), 2, None)
+    config = load_config("8gaussians", ["net.hidden=16", "net.depth=2", "net.time_dim=16", "data.n_train=100", "data.n_eval=50"])
+    task = make_task(config)
+    c = compose(config, task, task.load_teacher(None), torch.device("cpu"))
+    m = SimpleNamespace(policy=c.policy, value=c.value, energy=c.reward.energy)
     strength, batch, horizon = 0.7, 6, m.policy.horizon
-    chain = value_guided_sample(m.policy, m.cost_to_go, batch, strength, generator=torch.Generator().manual_seed(3))
+    chain = value_guided_sample(m.policy, task.cost_to_go(m.value, m.energy), batch, strength, generator=torch.Generator().manual_seed(3))
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(batch, 2, generator=g)

@@ -49,9 +49,16 @@ def _number(kind, low: float, what: str):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit code 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffrl", description="DxMI / DxDP: diffusion sampling as reinforcement learning.", epilog=OVERRIDES_HELP)
-    jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    parser = _Parser(prog="diffrl", description="DxMI / DxDP: diffusion sampling as reinforcement learning.", epilog=OVERRIDES_HELP)
+    jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB", parser_class=_Parser)
     for name, help_text in (("pretrain", "train a DDPM teacher"), ("train", "train a few-step sampler (DxMI by default) from a teacher")):
         job = jobs.add_parser(name, help=help_text, description=help_text, epilog=OVERRIDES_HELP)
         job.add_argument("--preset", default=None, help=f"a preset ({', '.join(_presets())}) or a YAML file")
@@ -91,10 +98,13 @@ def _run_options(job: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
-    if unknown or (extra and args.job not in ("pretrain", "train", "config")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)} (overrides look like key.sub=value; pretrain, train and config take them)")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+        if unknown or (extra and args.job not in ("pretrain", "train", "config")):
+            parser.error(f"unrecognized arguments: {' '.join(unknown or extra)} (overrides look like key.sub=value; pretrain, train and config take them)")
+    except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
+        return int(e.code or 0)
     try:
         result = _run(args, extra)
         if result is not None:
@@ -141,8 +151,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> dict | None:
         samples = run.sample(args.n, args.seed, args.guidance)
         from ..checkpoint import save_array
 
-        save_array(out, run.task.to_output(samples))
-        result = {"out": str(out), "shape": list(samples.shape), "kind": run.kind}
+        output = run.task.to_output(samples)
+        save_array(out, output)
+        result = {"out": str(out), "shape": list(output.shape), "kind": run.kind}
         if run.config.task == "images":
             result["grid"] = str(_grid(samples, out.with_suffix(".png")))
         return result

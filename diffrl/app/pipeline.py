@@ -39,11 +39,11 @@ from ..mdp import ChainMDP
 from ..policy import GaussianStepPolicy
 from ..rewards import RewardModel
 from ..run import RunDir
-from ..sampling import value_guided_sample
+from ..sampling import ddim_sample, value_guided_sample
 from .config import ExperimentConfig, from_yaml, to_yaml
 from .tasks import Task, make_task
 
-__all__ = ["AgentFactory", "RewardFactory", "Run", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
+__all__ = ["AgentFactory", "RewardFactory", "Run", "TeacherTrainer", "compose", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
 
 AgentFactory = Callable[[GaussianStepPolicy, ChainMDP, ExperimentConfig], Agent]
 """agent_factory(policy, mdp, config) -> Agent: anything with policy, act, update(chain), training_state."""
@@ -178,7 +178,7 @@ def _dxmi(config: ExperimentConfig, c: Composition, data: Any) -> DxMI:
 # ---------------------------------------------------------------- the loop's trainables
 
 
-class _TeacherTrainer:
+class TeacherTrainer:
     """DDPM pretraining with Adam and a cosine learning-rate decay."""
 
     def __init__(self, ddpm: DDPM, data, lr: float, steps: int) -> None:
@@ -249,9 +249,9 @@ def _open_for_job(config: ExperimentConfig | None, out: str | Path, resume: bool
     if resume:
         from .config import apply_resume_overrides
 
-        run, saved, _ = open_run(out, need_model=False)
-        if not run.checkpoint_path.is_file():
+        if not (Path(out) / "checkpoint.pt").is_file():
             raise FileNotFoundError(f"nothing to resume: {out} has no checkpoint.pt")
+        _, saved, _ = open_run(out, need_model=False)
         return apply_resume_overrides(saved, overrides or [])
     if config is None:
         raise ValueError("a new run needs a config (load_config(...))")
@@ -271,7 +271,7 @@ def pretrain(config: ExperimentConfig | None, out: str | Path, resume: bool = Fa
     ddpm = task.new_teacher().to(ctx.device)
     run = RunDir.open(out) if resume else RunDir.create(out, to_yaml(config))
     p = config.pretrain
-    trainer = _TeacherTrainer(ddpm, task.batches(p.batch_size, config.seed, ctx.device), p.lr, p.steps)
+    trainer = TeacherTrainer(ddpm, task.batches(p.batch_size, config.seed, ctx.device), p.lr, p.steps)
     eval_horizon = min(p.eval_horizon, p.num_timesteps)
 
     def chain() -> GaussianStepPolicy:
@@ -385,10 +385,11 @@ class Run:
     """Everything a finished run holds, rebuilt from its folder (``from_run``).
 
     policy: the sampler to use (the selected or last DxMI sampler, its EMA where kept; a teacher
-    run's own strided chain). teacher: the DDPM the run started from (or trained). task: the
-    data splits (``task.split("test")``, model units) and what maps samples back. For DxMI runs
-    also the MDP, its reward (the raw energy), the agent, its value, and ``energy``: the energy
-    to evaluate with (its weight average where kept).
+    run's own strided chain). schedule: a teacher run's chain; with "ddim" draws are deterministic
+    DDIM (eta = 0) over the steps of ``policy``, its strided chain. teacher: the DDPM the run
+    started from (or trained). task: the data splits (``task.split("test")``, model units) and
+    what maps samples back. For DxMI runs also the MDP, its reward (the raw energy), the agent,
+    its value, and ``energy``: the energy to evaluate with (its weight average where kept).
     """
 
     path: Path
@@ -404,6 +405,7 @@ class Run:
     value: nn.Module | None = None
     energy: nn.Module | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    schedule: str = "strided"
 
     @property
     def cost_to_go(self):
@@ -416,6 +418,9 @@ class Run:
             raise ValueError(f"guidance strength must be a finite number >= 0, got {guidance}")
         if guidance and self.cost_to_go is None:
             raise ValueError(f"{self.path} is a {self.kind} run without a value: value guidance needs a DxMI run with one")
+        if self.schedule == "ddim":
+            chain = self.teacher.schedule(self.policy.horizon, "strided")
+            return lambda b, g: ddim_sample(self.teacher.eps_model, chain, b, self.task.event_shape, g, self.device)[-1]
         return _policy_draw(self.policy, self.device, self.cost_to_go, guidance)
 
     def sample(self, n: int, seed: int = 0, guidance: float = 0.0) -> Tensor:
@@ -429,7 +434,8 @@ def from_run(path: str | Path, which: str = "best", steps: int | None = None, sc
              ctx: Dist | None = None) -> Run:
     """A finished (or running) run rebuilt on the CPU: ``which`` = "best" (model.pt, selected on
     validation) or "last" (the latest checkpoint). A teacher run samples with ``steps`` of its
-    ``schedule`` chain (default: all of them)."""
+    ``schedule`` chain (default: all of them): strided (ancestral), var or ddim (deterministic,
+    eta = 0, over the strided steps)."""
     if which not in ("best", "last"):
         raise ValueError(f"which must be best or last, got {which!r}")
     run_dir, config, state = open_run(path)
@@ -441,8 +447,9 @@ def from_run(path: str | Path, which: str = "best", steps: int | None = None, sc
         if which != "best":
             raise ValueError(f"{run_dir.path} is a teacher run: it keeps one model, --which last applies to DxMI runs")
         teacher.eps_model.load_state_dict(state["eps_model"])
-        policy = teacher.step_policy(steps or teacher.num_steps, task.event_shape, kind=schedule, last_sigma=config.train.last_sigma)
-        return Run(run_dir.path, config, task, "teacher", teacher, policy.to(ctx.device), device=ctx.device)
+        kind = "strided" if schedule == "ddim" else schedule
+        policy = teacher.step_policy(steps or teacher.num_steps, task.event_shape, kind=kind, last_sigma=config.train.last_sigma)
+        return Run(run_dir.path, config, task, "teacher", teacher, policy.to(ctx.device), device=ctx.device, schedule=schedule)
     if steps is not None and steps != config.train.horizon:
         raise ValueError(f"{run_dir.path} is a DxMI sampler trained for T = {config.train.horizon} steps; it cannot sample with {steps}")
     with torch.random.fork_rng(devices=[]):  # building the networks must not move the caller's RNG
