@@ -32,7 +32,7 @@ from ..agent import Agent
 from ..agents.dxdp import DxDP
 from ..checkpoint import CorruptFileError
 from ..ddpm import DDPM
-from ..distributed import Dist, distribute, init_processes, rank_seed, rng_state, set_rng_state
+from ..distributed import Dist, distribute, init_processes, rank0_first, rank_seed, rng_state, set_rng_state
 from ..dxmi import DxMI
 from ..loop import LoopConfig, fit
 from ..mdp import ChainMDP
@@ -59,6 +59,7 @@ def setup(config: ExperimentConfig) -> Dist:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     ctx = init_processes(config.device)
+    autocast(config, ctx.device)  # amp on a CPU is refused here, before a run folder is made
     seed = config.seed if ctx.world == 1 else rank_seed(config.seed, ctx.rank, 0)
     torch.manual_seed(seed)
     if ctx.device.type == "cuda":
@@ -243,33 +244,44 @@ class _Distributed:
 # ---------------------------------------------------------------- jobs
 
 
-def _open_for_job(config: ExperimentConfig | None, out: str | Path, resume: bool, overrides: list[str] | None) -> ExperimentConfig:
-    """The config a job runs with: the given one for a new run, the saved one (plus allowed
-    overrides) to resume. Everything is checked before a folder is created."""
+def _open_for_job(config: ExperimentConfig | None, out: str | Path, resume: bool, overrides: list[str] | None) -> tuple[ExperimentConfig, bool]:
+    """The config a job runs with and whether it continues from a checkpoint: the given config for
+    a new run; the saved one (plus allowed overrides) to resume, from its checkpoint or, for a run
+    stopped before its first checkpoint, from the start. Everything is checked before a folder is created."""
     if resume:
         from .config import apply_resume_overrides
 
-        if not (Path(out) / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"nothing to resume: {out} has no checkpoint.pt")
+        if not (Path(out) / "config.yaml").is_file():
+            raise FileNotFoundError(f"nothing to resume: {out} is not a run folder (no config.yaml)")
         _, saved, _ = open_run(out, need_model=False)
-        return apply_resume_overrides(saved, overrides or [])
+        return apply_resume_overrides(saved, overrides or []), (Path(out) / "checkpoint.pt").is_file()
     if config is None:
         raise ValueError("a new run needs a config (load_config(...))")
     if overrides:
         raise ValueError("overrides apply to --resume only; put them into the config of a new run")
     config.validate()
     RunDir.check_new(out)
-    return config
+    return config, False
+
+
+def _run_dir(out: str | Path, config: ExperimentConfig, resume: bool, from_checkpoint: bool, readonly: bool = False) -> RunDir:
+    """A new run folder, or the one to resume (its logged records dropped when it restarts from step 0)."""
+    if not resume:
+        return RunDir.create(out, to_yaml(config), readonly)
+    run = RunDir.open(out, readonly)
+    if not from_checkpoint:
+        run.truncate_metrics(-1)
+    return run
 
 
 def pretrain(config: ExperimentConfig | None, out: str | Path, resume: bool = False, progress: bool | None = None,
              overrides: list[str] | None = None) -> dict[str, Any]:
     """Train a DDPM teacher of ``config.task``; model.pt holds its eps model and what rebuilds it."""
-    config = _open_for_job(config, out, resume, overrides)
+    config, from_checkpoint = _open_for_job(config, out, resume, overrides)
     ctx = setup(config)
     task = make_task(config, ctx=ctx)
     ddpm = task.new_teacher().to(ctx.device)
-    run = RunDir.open(out) if resume else RunDir.create(out, to_yaml(config))
+    run = _run_dir(out, config, resume, from_checkpoint)
     p = config.pretrain
     trainer = TeacherTrainer(ddpm, task.batches(p.batch_size, config.seed, ctx.device), p.lr, p.steps)
     eval_horizon = min(p.eval_horizon, p.num_timesteps)
@@ -286,7 +298,7 @@ def pretrain(config: ExperimentConfig | None, out: str | Path, resume: bool = Fa
 
     every = max(p.steps // 4, 1)
     loop = LoopConfig(p.steps, log_every=min(100, every), eval_every=every, checkpoint_every=every)
-    result = fit(trainer, run, loop, evaluate_teacher if task.has_scores() else None, model_state, resume=resume, progress=progress)
+    result = fit(trainer, run, loop, evaluate_teacher if task.has_scores() else None, model_state, resume=from_checkpoint, progress=progress)
     task.save_teacher(run, ddpm)
     samples = task.draw(_policy_draw(chain(), ctx.device), task.output_samples, config.seed + 1, ctx.device)
     title = f"the teacher's {eval_horizon}-step strided chain (its {p.num_timesteps}-step chain is sampled by diffrl sample)"
@@ -308,18 +320,18 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
                 setattr(config.train, kind, factory if isinstance(factory, str) else _spec_of(factory, kind))
     elif agent is not None or reward is not None:
         raise ValueError("a resumed run keeps the agent and reward recorded in its config.yaml")
-    config = _open_for_job(config, out, resume, overrides)
+    config, from_checkpoint = _open_for_job(config, out, resume, overrides)
     ctx = setup(config)
     t = config.train
     if t.batch_size % ctx.world:
         raise ValueError(f"train.batch_size {t.batch_size} must be divisible by the {ctx.world} processes")
-    task = make_task(config, ctx=ctx)
+    task = rank0_first(ctx, lambda: make_task(config, ctx=ctx))  # a download (CIFAR-10) happens once
     teacher = task.load_teacher(t.teacher)
     if ctx.main:
-        run = RunDir.open(out) if resume else RunDir.create(out, to_yaml(config))
+        run = _run_dir(out, config, resume, from_checkpoint)
     ctx.barrier()
     if not ctx.main:
-        run = RunDir.open(out, readonly=True)
+        run = _run_dir(out, config, True, from_checkpoint, readonly=True)
     c = compose(config, task, teacher, ctx.device)
     distribute(ctx, c.agent, c.reward, c.mdp)
     learnable = c.reward.learnable
@@ -346,7 +358,7 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
         return state
 
     evaluate_fn = evaluate_dxmi if task.has_scores() else None
-    result = fit(trainer, run, t.loop, evaluate_fn, model_state, resume=resume, progress=progress if ctx.main else False,
+    result = fit(trainer, run, t.loop, evaluate_fn, model_state, resume=from_checkpoint, progress=progress if ctx.main else False,
                  select_metric=task.select_metric)
     ctx.barrier()
     if ctx.main:
