@@ -132,10 +132,10 @@ class DxMI:
                 raise ValueError("a learnable reward needs a data batch: update(chain, x_data)")
             check_finite(x_data, "the data batch")
         check_finite(chain, "the sampled chains")
-        self.mdp.update_velocity_scale(chain)
         metrics: dict[str, Tensor] = {}
         if self.mdp.reward.learnable:
             metrics.update(self.mdp.reward.update(x_data, chain[-1]))
+        self.mdp.update_velocity_scale(chain)  # after the reward step (which never reads s_t): a refused reward loss leaves s_t as it was
         metrics.update(self.agent.update(chain))
         for ema in (self.ema_policy, self.ema_energy):
             if ema is not None:
