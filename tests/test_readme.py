@@ -1,46 +1,35 @@
-"""The README's two Python examples (swap the algorithm, swap the reward) run as written and learn."""
+"""The README's commands and snippet point at things that exist and run: every example file and
+``MODULE:FACTORY`` it names resolves to a factory, every preset exists, and its Python snippet
+runs on a real (tiny) run folder."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import torch
+from diffrl.app import pipeline
+from diffrl.app.config import available_presets, load_config
 
-from diffrl import ChainMDP, DDPM, EnergyReward, TimeMLP
-from diffrl.data import BatchSampler, toy_data
-from diffrl.nets import AtTime
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
-def _blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def test_every_example_factory_and_preset_the_readme_names_exists() -> None:
+    for path in set(re.findall(r"examples/\w+\.py", README)):
+        assert (ROOT / path).is_file(), path
+    specs = set(re.findall(r"--(?:agent|reward) (examples\.\w+:\w+)", README))
+    assert len(specs) == 2
+    for spec in specs:
+        assert callable(pipeline.resolve_factory(spec, {}))
+    for preset in set(re.findall(r"--preset (\w+)", README)) | set(re.findall(r"--show (\w+)", README)):
+        assert preset in available_presets(), preset
 
 
-def _policy():
-    return DDPM(TimeMLP(2, 2, hidden=32, depth=2, time_dim=16)).step_policy(4, (2,), fix_last=False, last_sigma=0.05)
-
-
-def test_readme_swapping_the_algorithm_runs_the_dxmi_loop() -> None:
-    torch.manual_seed(0)
-    policy = _policy()
-    reward = EnergyReward(AtTime(TimeMLP(2, 1, hidden=32, depth=2, time_dim=16), 0), lr=1e-3)
-    mdp = ChainMDP(reward, (2,), policy.sigma.detach(), tau_velocity=0.1)
-    scope = {"policy": policy, "mdp": mdp, "data_batches": BatchSampler(toy_data("8gaussians", 1000, 0) / 2, 64, 0)}
-    exec(_blocks()[0], scope)
-    before = [p.detach().clone() for p in policy.parameters()]
-    metrics = {}
-    for _ in range(3):
-        metrics = scope["loop"].step()
-    assert {"loss_reinforce", "loss_energy"} <= metrics.keys()
-    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters())), "the README agent must train the policy"
-
-
-def test_readme_swapping_the_reward_moves_samples_to_the_fixed_reward() -> None:
-    torch.manual_seed(0)
-    policy = _policy()
-    value = TimeMLP(2, 1, hidden=32, depth=2, time_dim=16)
-    scope = {"policy": policy, "value": value, "torch": torch}
-    exec(_blocks()[1], scope)
-    mean = policy.sample(2000)[-1].mean(0)
-    assert (mean - torch.tensor([2.0, 0.0])).norm() < 0.5
+def test_the_from_run_snippet_runs(tmp_path: Path) -> None:
+    tiny = ["net.hidden=16", "net.depth=2", "net.time_dim=16", "data.n_train=500", "data.n_eval=100", "pretrain.steps=20",
+            "train.loop.steps=4", "train.loop.eval_every=2", "train.loop.checkpoint_every=2", "train.batch_size=16"]
+    pipeline.pretrain(load_config("8gaussians", tiny), tmp_path / "teacher", progress=False)
+    pipeline.train(load_config("8gaussians", [*tiny, f"train.teacher={tmp_path / 'teacher'}"]), tmp_path / "runs" / "dxmi", progress=False)
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "from_run" in b]
+    scope: dict = {}
+    exec(block.replace('"runs/dxmi"', repr(str(tmp_path / "runs" / "dxmi"))), scope)
+    assert scope["x"].shape == (1000, 2)
