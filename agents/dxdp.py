@@ -46,12 +46,12 @@ class DxDPConfig:
 
     def __post_init__(self) -> None:
         if self.tau_entropy < 0:
-            raise ValueError(f"tau_entropy must be >= 0, got {self.tau_entropy}")
+            raise ValueError(f"dxdp.tau_entropy must be >= 0, got {self.tau_entropy}")
         for name in ("lr_sampler", "lr_sigma", "lr_value"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"dxdp.{name} must be >= 0, got {getattr(self, name)}")
         if self.target_update is not None and not 0 < self.target_update <= 1:
-            raise ValueError(f"target_update must be in (0, 1] or None, got {self.target_update}")
+            raise ValueError(f"dxdp.target_update must be in (0, 1] or None, got {self.target_update}")
         time_cost(self.value_target, 1)
 
 

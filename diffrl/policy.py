@@ -17,8 +17,14 @@ from .schedules import ChainSchedule
 __all__ = ["DDIMMean", "GaussianStepPolicy", "rollout", "as_step_index"]
 
 
-def as_step_index(t: int | Tensor, batch: int, device: torch.device) -> Tensor:
-    """A step index given as an int or a (B,) tensor, returned as a (B,) long tensor."""
+def as_step_index(t: int | Tensor, batch: int, device: torch.device, horizon: int | None = None) -> Tensor:
+    """A step index given as an int or a (B,) tensor, returned as a (B,) long tensor; with ``horizon``
+    checked to lie in 0..horizon-1 (an int at once, a tensor without a host sync on GPUs)."""
+    if horizon is not None:
+        if isinstance(t, int) and not 0 <= t < horizon:
+            raise ValueError(f"step index t = {t} is outside 0..{horizon - 1}")
+        if isinstance(t, Tensor):
+            torch._assert_async(((t >= 0) & (t < horizon)).all(), f"a step index is outside 0..{horizon - 1}")
     return torch.as_tensor(t, device=device, dtype=torch.long).expand(batch)
 
 
@@ -105,17 +111,17 @@ class GaussianStepPolicy(nn.Module):
         return [self.log_sigma_train]
 
     def mean(self, x: Tensor, t: int | Tensor) -> Tensor:
-        return self.mean_model(x, as_step_index(t, x.shape[0], x.device))
+        return self.mean_model(x, as_step_index(t, x.shape[0], x.device, self.horizon))
 
     def forward(self, x: Tensor, t: int | Tensor, noise: Tensor | None = None) -> Tensor:
         """One reparametrised step: x (B, ...), t int or (B,) -> x_{t+1} (B, ...); differentiable."""
-        t = as_step_index(t, x.shape[0], x.device)
+        t = as_step_index(t, x.shape[0], x.device, self.horizon)
         noise = torch.randn_like(x) if noise is None else noise
         return self.mean_model(x, t) + _per_sample(self.sigma, t, x) * noise
 
     def log_prob(self, x_next: Tensor, x: Tensor, t: int | Tensor) -> Tensor:
         """log pi(x_next | x) summed over the event dimensions, (B,)."""
-        t = as_step_index(t, x.shape[0], x.device)
+        t = as_step_index(t, x.shape[0], x.device, self.horizon)
         log_sigma = self.log_sigma[t]
         z = (x_next - self.mean_model(x, t)).flatten(1) / log_sigma.exp()[:, None]
         d = z.shape[1]

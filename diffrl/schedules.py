@@ -119,6 +119,8 @@ class ChainSchedule:
         """FastDPM's VAR chain of ``horizon`` steps from a linear-beta teacher (spec section 7)."""
         betas = linear_betas() if betas is None else betas.to(_F64)
         _check_horizon(horizon)
+        if horizon > betas.numel():
+            raise ValueError(f"horizon {horizon} exceeds the teacher's {betas.numel()} steps")
         gbar = torch.cumprod(1.0 - var_short_betas(horizon, betas), dim=0)  # Gbar_k, k = 0..T-1
         levels = torch.cat([gbar.flip(0), torch.ones(1, dtype=_F64)])
         beta_start, beta_end, n = float(betas[0]), float(betas[-1]), betas.numel()

@@ -5,9 +5,23 @@
     run = from_run("runs/dxmi")            # teacher, policy, MDP, reward, value, data splits
 
 It may import every layer; nothing imports it (the package namespace ``diffrl`` re-exports its
-entry points lazily).
+entry points lazily). Names load on first use, so the command line starts without torch.
 """
-from .config import ExperimentConfig, load_config
-from .pipeline import AgentFactory, RewardFactory, Run, evaluate, from_run, pretrain, sample, train
+from __future__ import annotations
 
-__all__ = ["AgentFactory", "ExperimentConfig", "RewardFactory", "Run", "evaluate", "from_run", "load_config", "pretrain", "sample", "train"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ExperimentConfig": "config", "load_config": "config", "AgentFactory": "pipeline", "RewardFactory": "pipeline",
+    "Run": "pipeline", "evaluate": "pipeline", "from_run": "pipeline", "pretrain": "pipeline", "sample": "pipeline",
+    "train": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffrl.app' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -7,10 +7,11 @@ so every option of the agent and the loop is a dotted override and nothing is co
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -182,8 +183,17 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
+        for key, value in _numbers(self):
+            if not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value}")
         t, d = self.train, self.data
         checks = [
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.net.time_dim >= 2, f"net.time_dim must be >= 2, got {self.net.time_dim}"),
+            (d.outlier_box is None or d.outlier_box > 0, f"data.outlier_box must be > 0 or null, got {d.outlier_box}"),
+            (self.pretrain.num_timesteps >= 1 and self.pretrain.eval_horizon >= 1, "pretrain.num_timesteps and pretrain.eval_horizon must be >= 1"),
+            (t.horizon <= self.pretrain.num_timesteps or t.teacher is not None,
+             f"train.horizon {t.horizon} exceeds the {self.pretrain.num_timesteps} steps of the teacher trained from scratch"),
             (self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
             (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
             (t.horizon >= 1, f"train.horizon (T) must be >= 1, got {t.horizon}"),
@@ -191,7 +201,8 @@ class ExperimentConfig:
             (t.gamma >= 0, f"train.gamma must be >= 0, got {t.gamma}"),
             (t.last_sigma > 0, f"train.last_sigma must be > 0, got {t.last_sigma}"),
             (self.pretrain.steps >= 0, "pretrain.steps must be >= 0"),
-            (t.batch_size >= 1 and self.pretrain.batch_size >= 1, "batch sizes must be >= 1"),
+            (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+            (self.pretrain.batch_size >= 1, f"pretrain.batch_size must be >= 1, got {self.pretrain.batch_size}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1 or null, got {self.threads}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"), f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}"),
             (t.schedule in ("var", "strided"), f"train.schedule must be var or strided, got {t.schedule!r}"),
@@ -200,15 +211,29 @@ class ExperimentConfig:
                 (decay is None or 0 <= decay < 1, f"train.{name} must be in [0, 1) or null, got {decay}")
                 for name, decay in (("ema_decay", t.ema_decay), ("energy_ema_decay", t.energy_ema_decay))
             ),
-            (d.n_train >= 2 and d.n_eval >= 2, "data.n_train and data.n_eval must be >= 2"),
+            (d.n_train >= 2, f"data.n_train must be >= 2, got {d.n_train}"),
+            (d.n_eval >= 10, f"data.n_eval must be >= 10 (metrics on fewer points say nothing), got {d.n_eval}"),
             (self.net.hidden >= 1 and self.net.depth >= 1, "net.hidden and net.depth must be >= 1"),
             (self.net.energy_activation in ACTIVATIONS, f"net.energy_activation must be one of {', '.join(ACTIVATIONS)}, got {self.net.energy_activation!r}"),
-            (min(t.lr_energy, self.pretrain.lr) >= 0, "learning rates must be >= 0"),
+            (t.lr_energy >= 0, f"train.lr_energy must be >= 0, got {t.lr_energy}"),
+            (self.pretrain.lr >= 0, f"pretrain.lr must be >= 0, got {self.pretrain.lr}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.image.validate()
+
+
+def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) of every float field of a config dataclass, nested sections included."""
+    out = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            out += _numbers(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            out.append((f"{prefix}{f.name}", value))
+    return out
 
 
 def available_presets() -> list[str]:
@@ -281,8 +306,8 @@ def _parse_yaml(text: str, where: str) -> DictConfig:
         layer = OmegaConf.create(text)
     except Exception as e:  # yaml.YAMLError and OmegaConf's errors: one line naming the file
         raise ValueError(f"{where}: not a valid YAML configuration ({str(e).splitlines()[0]})") from None
-    if not isinstance(layer, DictConfig):
-        raise ValueError(f"{where}: expected a mapping of config sections, got {type(layer).__name__}")
+    if not isinstance(layer, DictConfig) or len(layer) == 0:
+        raise ValueError(f"{where}: expected a mapping of config sections, got {'nothing' if isinstance(layer, DictConfig) else type(layer).__name__}")
     return layer
 
 

@@ -244,7 +244,7 @@ class _Distributed:
 # ---------------------------------------------------------------- jobs
 
 
-def _open_for_job(config: ExperimentConfig | None, out: str | Path, resume: bool, overrides: list[str] | None) -> tuple[ExperimentConfig, bool]:
+def _open_for_job(job: str, config: ExperimentConfig | None, out: str | Path, resume: bool, overrides: list[str] | None) -> tuple[ExperimentConfig, bool]:
     """The config a job runs with and whether it continues from a checkpoint: the given config for
     a new run; the saved one (plus allowed overrides) to resume, from its checkpoint or, for a run
     stopped before its first checkpoint, from the start. Everything is checked before a folder is created."""
@@ -253,8 +253,13 @@ def _open_for_job(config: ExperimentConfig | None, out: str | Path, resume: bool
 
         if not (Path(out) / "config.yaml").is_file():
             raise FileNotFoundError(f"nothing to resume: {out} is not a run folder (no config.yaml)")
-        _, saved, _ = open_run(out, need_model=False)
-        return apply_resume_overrides(saved, overrides or []), (Path(out) / "checkpoint.pt").is_file()
+        run, saved, _ = open_run(out, need_model=False)
+        from_checkpoint = run.checkpoint_path.is_file()
+        if from_checkpoint:
+            kind = "teacher" if "ddpm" in run.load_checkpoint()["trainer"] else "dxmi"
+            if kind != {"pretrain": "teacher", "train": "dxmi"}[job]:
+                raise ValueError(f"{out} is a {kind} run: resume it with `diffrl {'pretrain' if kind == 'teacher' else 'train'} --resume`")
+        return apply_resume_overrides(saved, overrides or []), from_checkpoint
     if config is None:
         raise ValueError("a new run needs a config (load_config(...))")
     if overrides:
@@ -277,13 +282,13 @@ def _run_dir(out: str | Path, config: ExperimentConfig, resume: bool, from_check
 def pretrain(config: ExperimentConfig | None, out: str | Path, resume: bool = False, progress: bool | None = None,
              overrides: list[str] | None = None) -> dict[str, Any]:
     """Train a DDPM teacher of ``config.task``; model.pt holds its eps model and what rebuilds it."""
-    config, from_checkpoint = _open_for_job(config, out, resume, overrides)
+    config, from_checkpoint = _open_for_job("pretrain", config, out, resume, overrides)
     ctx = setup(config)
     task = make_task(config, ctx=ctx)
     ddpm = task.new_teacher().to(ctx.device)
-    run = _run_dir(out, config, resume, from_checkpoint)
     p = config.pretrain
     trainer = TeacherTrainer(ddpm, task.batches(p.batch_size, config.seed, ctx.device), p.lr, p.steps)
+    run = _run_dir(out, config, resume, from_checkpoint)
     eval_horizon = min(p.eval_horizon, p.num_timesteps)
 
     def chain() -> GaussianStepPolicy:
@@ -320,18 +325,15 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
                 setattr(config.train, kind, factory if isinstance(factory, str) else _spec_of(factory, kind))
     elif agent is not None or reward is not None:
         raise ValueError("a resumed run keeps the agent and reward recorded in its config.yaml")
-    config, from_checkpoint = _open_for_job(config, out, resume, overrides)
+    config, from_checkpoint = _open_for_job("train", config, out, resume, overrides)
     ctx = setup(config)
     t = config.train
     if t.batch_size % ctx.world:
         raise ValueError(f"train.batch_size {t.batch_size} must be divisible by the {ctx.world} processes")
     task = rank0_first(ctx, lambda: make_task(config, ctx=ctx))  # a download (CIFAR-10) happens once
     teacher = task.load_teacher(t.teacher)
-    if ctx.main:
-        run = _run_dir(out, config, resume, from_checkpoint)
-    ctx.barrier()
-    if not ctx.main:
-        run = _run_dir(out, config, True, from_checkpoint, readonly=True)
+    if t.horizon > teacher.num_steps:
+        raise ValueError(f"train.horizon {t.horizon} exceeds the teacher's {teacher.num_steps} steps")
     c = compose(config, task, teacher, ctx.device)
     distribute(ctx, c.agent, c.reward, c.mdp)
     learnable = c.reward.learnable
@@ -339,6 +341,11 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
     data = task.batches(t.batch_size // ctx.world, data_seed, ctx.device) if learnable else None
     c.dxmi = dxmi = _dxmi(config, c, data)
     trainer = _Distributed(dxmi, config, ctx)
+    if ctx.main:  # the folder only once everything is built: a failed start leaves nothing behind
+        run = _run_dir(out, config, resume, from_checkpoint)
+    ctx.barrier()
+    if not ctx.main:
+        run = _run_dir(out, config, True, from_checkpoint, readonly=True)
 
     def evaluate_dxmi() -> dict[str, float]:
         draw = _policy_draw(dxmi.sampling_policy, ctx.device)
