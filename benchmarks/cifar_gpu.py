@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     launcher = [sys.executable] if args.nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     command = [
         *launcher, str(EXAMPLE), "--out", str(out), "--teacher", args.teacher, "--data-dir", args.data_dir,
-        "--steps", str(args.iters), "--fid-every", str(args.iters), "--checkpoint-every", str(args.iters),
-        "--log-every", str(min(50, args.iters)), "--fid-samples", str(args.fid_samples),
-        "--batch-size", str(args.batch_size), "--amp", args.amp, "--no-progress",
+        f"train.loop.steps={args.iters}", f"train.loop.eval_every={args.iters}", f"train.loop.checkpoint_every={args.iters}",
+        f"train.loop.log_every={min(50, args.iters)}", f"image.eval_samples={args.fid_samples}",
+        f"train.batch_size={args.batch_size}", "--amp", args.amp, "--no-progress",
     ]
     if args.fid_weights:
         command += ["--fid-weights", args.fid_weights]

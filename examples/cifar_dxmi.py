@@ -13,7 +13,8 @@ them is a dotted override after the options (train.dxdp.lr_sampler=2e-7 seed=1).
 the library's (config.yaml, checkpoint.pt, model.pt = best fid10k, metrics.jsonl, tb/, grids/,
 samples.png) plus final.json; `diffrl sample` / `diffrl evaluate` read it. Under torchrun the global
 batch is split across processes, gradients and AVR's statistic are averaged, and rank 0 writes
-(diffrl.distributed). FID reference statistics are cached in --data-dir/fid_stats/.
+(diffrl.distributed). FID reference statistics are cached in --data-dir/fid_stats/; --smoke keeps
+its made-up teacher and images in --data-dir/cifar_dxmi_smoke_seed<seed>/ (the run folder names them).
 """
 from __future__ import annotations
 
@@ -109,12 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume:  # the run keeps its config.yaml; the library refuses overrides that would change the run
         config, overrides = None, [*given, *args.overrides]
     else:
-        overrides = [*SMOKE, *given, *args.overrides] if args.smoke else [*given, *args.overrides]
-        config = load_config("cifar10", overrides)
-        if args.smoke:
+        smoke = SMOKE if args.smoke else []
+        config, overrides = load_config("cifar10", [*smoke, *given, *args.overrides]), None
+        if args.smoke:  # the made-up teacher and images, unless --teacher / --data (or an override) name others
             teacher, images = make_smoke_inputs(Path(config.data.root) / f"cifar_dxmi_smoke_seed{config.seed}", config.seed)
-            config = load_config("cifar10", [*SMOKE, f"train.teacher={teacher}", f"data.name={images}", *given, *args.overrides])
-        overrides = None
+            config = load_config("cifar10", [*smoke, f"train.teacher={teacher}", f"data.name={images}", *given, *args.overrides])
     dump = dump_params_after_training(args.dump_params) if args.dump_params else None
 
     # 2. train (fresh or resumed): fid10k every epoch, the best model in model.pt

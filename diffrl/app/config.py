@@ -329,7 +329,7 @@ def from_yaml(text: str, where: str = "config.yaml") -> ExperimentConfig:
     return config
 
 
-RESUMABLE = ("train.loop.", "pretrain.steps", "threads", "device", "data.root", "image.fid_weights", "image.fid_batch")
+RESUMABLE = ("train.loop.", "pretrain.steps", "threads", "device", "amp", "data.root", "train.teacher", "image.fid_weights", "image.fid_batch")
 """Overrides a resumed run accepts: a longer run, new intervals, and where its files or processes are."""
 
 

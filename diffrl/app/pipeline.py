@@ -19,6 +19,8 @@ import copy
 import importlib
 import os
 import sys
+import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,17 +215,26 @@ class _Distributed:
     def __init__(self, dxmi: DxMI, config: ExperimentConfig, ctx: Dist) -> None:
         self.dxmi, self.config, self.ctx = dxmi, config, ctx
         self._rng_to_restore: list | None = None
+        self._seconds: deque[float] = deque(maxlen=config.train.loop.log_every)
 
     def step(self) -> dict[str, Tensor]:
+        """One DxMI iteration; adds perf/sec_per_iter (mean over the logging window) and, on GPUs,
+        perf/peak_mem_gib."""
         if self._rng_to_restore is not None:  # after fit has set rank 0's CPU RNG everywhere
             set_rng_state(self.ctx, self._rng_to_restore, self.dxmi.data.generator)
             self._rng_to_restore = None
+        start = time.perf_counter()
         with autocast(self.config, self.ctx.device):
             metrics = self.dxmi.step()
-        if self.ctx.world == 1:
-            return metrics
-        keys = sorted(metrics)
-        return dict(zip(keys, self.ctx.mean_(torch.stack([metrics[k].float() for k in keys]))))
+        if self.ctx.world > 1:
+            keys = sorted(metrics)
+            metrics = dict(zip(keys, self.ctx.mean_(torch.stack([metrics[k].float() for k in keys]))))
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize(self.ctx.device)
+            metrics["perf/peak_mem_gib"] = torch.tensor(torch.cuda.max_memory_allocated(self.ctx.device) / 2**30)
+        self._seconds.append(time.perf_counter() - start)
+        metrics["perf/sec_per_iter"] = torch.tensor(sum(self._seconds) / len(self._seconds))
+        return metrics
 
     def training_state(self) -> dict[str, Any]:
         state = self.dxmi.training_state()
@@ -288,6 +299,7 @@ def pretrain(config: ExperimentConfig | None, out: str | Path, resume: bool = Fa
     ddpm = task.new_teacher().to(ctx.device)
     p = config.pretrain
     trainer = TeacherTrainer(ddpm, task.batches(p.batch_size, config.seed, ctx.device), p.lr, p.steps)
+    task.prepare_scores()
     run = _run_dir(out, config, resume, from_checkpoint)
     eval_horizon = min(p.eval_horizon, p.num_timesteps)
 
@@ -341,6 +353,7 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
     data = task.batches(t.batch_size // ctx.world, data_seed, ctx.device) if learnable else None
     c.dxmi = dxmi = _dxmi(config, c, data)
     trainer = _Distributed(dxmi, config, ctx)
+    task.prepare_scores()
     if ctx.main:  # the folder only once everything is built: a failed start leaves nothing behind
         run = _run_dir(out, config, resume, from_checkpoint)
     ctx.barrier()
@@ -353,6 +366,9 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
             metrics, samples = task.evaluate(draw, task.eval_samples, config.seed, "val", dxmi.evaluation_energy, ctx.device)
         task.on_evaluation(run, samples)
         metrics.update({f"sigma_{i}": float(s) for i, s in enumerate(c.policy.sigma.detach())})
+        if ctx.device.type == "cuda":  # the evaluation's peak (FID's Inception), kept apart from training's
+            metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(ctx.device)
         return metrics
 
     def model_state() -> dict[str, Any]:
@@ -521,7 +537,8 @@ def evaluate(path: str | Path, n: int | None = None, steps: int | None = None, s
     if not run.task.has_scores():
         raise ValueError(f"{run.path}: no feature network scores {run.config.data.name!r} (image.features=none); set image.fid_weights for FID")
     n = n or run.task.split(split).shape[0]
-    scores, _ = run.task.evaluate(run.draw(guidance), n, seed + 1, split, run.energy if run.kind == "dxmi" else None, run.device)
+    with autocast(run.config, run.device):
+        scores, _ = run.task.evaluate(run.draw(guidance), n, seed + 1, split, run.energy if run.kind == "dxmi" else None, run.device)
     return {"run": str(path), "kind": run.kind, "which": which if run.kind == "dxmi" else "best", "steps": run.policy.horizon,
             "n": n, "guidance": guidance, "split": split, **scores}
 

@@ -119,6 +119,10 @@ class Task(ABC):
     def has_scores(self) -> bool:
         return True
 
+    def prepare_scores(self) -> None:
+        """Build what scoring needs (feature networks, reference statistics) now, so a missing
+        weights file fails before a run folder exists."""
+
     def cost_to_go(self, value: nn.Module | None, energy: nn.Module | None) -> CostToGo | None:
         """V(x, t) for t < T from a time-dependent ``value(x, t (B,))``, E(x) at t = T; None without both."""
         if value is None or energy is None:

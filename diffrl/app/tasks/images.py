@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ...data import BatchSampler
 from ...ddpm import DDPM
-from ...distributed import Dist
+from ...distributed import Dist, rank0_first
 from ...ebm import EnergyResNet, TimeIndependentValue
 from ...image_data import DIGITS, ImageBatches, ImageData, load_image_data, to_uint8, to_unit
 from ...rewards import EnergyReward, RewardModel
@@ -152,6 +152,10 @@ class ImagesTask(Task):
     def has_scores(self) -> bool:
         return self.features != "none"
 
+    def prepare_scores(self) -> None:
+        if self.features in ("inception", "small"):
+            self._fid_metric()
+
     def _fid_metric(self):
         """The FID metric with the training images' reference statistics (cached on disk), built once."""
         if self._fid is None:
@@ -159,7 +163,7 @@ class ImagesTask(Task):
 
             image = self.config.image
             feature = SmallFeatures() if self.features == "small" else None
-            metric, feature_tag = build_fid(image.fid_weights, feature)
+            metric, feature_tag = rank0_first(self.ctx, lambda: build_fid(image.fid_weights, feature))  # a download happens once
             metric = metric.to(self.ctx.device)
             train = to_uint8(self.data.train)
             n_ref = min(image.fid_ref_images or train.shape[0], train.shape[0])
