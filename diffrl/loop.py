@@ -124,6 +124,8 @@ def fit(
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save()
             bar.update(1)
+        if step == 0 and not resume:  # a 0-step run still leaves a checkpoint to restore and resume from
+            save()
     finally:
         bar.close()
         run.close()

@@ -21,21 +21,31 @@ The reward built here is a ``WeightedReward`` of two terms:
   sampler's samples (``EnergyReward``): DxMI's inverse RL. It is learnable, so the DxMI loop feeds
   it data batches and keeps its weight average for evaluation.
 - a fixed, weak pull towards the origin (in the model's standardised units), PULL_WEIGHT = 0.05:
-  a prior that keeps early samples from drifting outwards while the energy is still uninformative.
-  A standardised sample has mean_d x_d^2 of about 1, so the term is about 5% of the scale of the
-  energy's differences; the contrastive update sees the sampler's samples, which feel both terms,
-  so the energy learns to cancel whatever bias the pull leaves.
+  a radial prior. On 8 Gaussians mean_d x_d^2 is about 1 on the ring of modes, so the term varies
+  by about 0.05 between the origin and the modes, while the learned energy separates data from
+  samples by about 0.2 (energy_data -0.14 vs energy_model +0.06 at the end of the 1000-iteration run below; the
+  contrastive loss's gamma term keeps energies small). Measured on a small teacher (32-unit MLP,
+  600 pretraining iterations, 600 DxMI iterations, batch 256, test SW of 1000 points): weight 0
+  -> SW 0.485, 0.05 -> 0.484, 0.5 -> 0.592 (one seed): 0.05 makes no measurable difference to
+  the samples, 0.5 drags them inwards. The evaluation energy is the weighted sum, so the AUC counts the pull too (0.73,
+  0.78, 0.86 there): on its own the pull already ranks far outliers below the ring.
 
 Run it (it prints the test SW of the starting chain and of the trained sampler):
 
-    diffrl pretrain --preset 8gaussians --out runs/teacher pretrain.steps=2000    # ~1 minute
+    diffrl pretrain --preset 8gaussians --out runs/teacher pretrain.steps=2000    # ~1 minute (default 8000: ~75 s, a better start)
     python examples/custom_reward.py --teacher runs/teacher [--quick] [--out runs/mine]
 
-Measured (teacher as above, 8 Gaussians, DxDP agent, 2-core CPU, one torch thread): see MEASURED below.
+Measured (teacher as above, pretrain.steps=2000; DxDP agent, preset settings; 2-core CPU, one
+torch thread): ``--quick`` (300 iterations, 4000 test points) test SW 0.203 -> 0.153 in 52 s; 1000
+iterations (10000 test points) 0.208 -> 0.153 for the model selected on validation (iteration
+250) and 0.149 for the last iterate, whose weighted energy separates data from outliers with AUC
+0.87 (333 s, sharing the machine with another run). The task's default energy on the same
+teacher: 0.141, AUC 0.86.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -82,22 +92,34 @@ def importable_module():
     return module
 
 
+def teacher_settings(teacher: str | Path) -> list[str]:
+    """The teacher run's ``net.*`` and ``data.*`` as overrides: the sampler is the teacher's network
+    (``diffrl train`` builds it from its own ``net`` section, so the sizes must agree), and the same
+    data splits make the teacher's test SW and the trained sampler's comparable."""
+    from diffrl.app.pipeline import open_run
+
+    _, config, _ = open_run(teacher, need_model=False)
+    return [f"{section}.{key}={'null' if value is None else value}"
+            for section in ("net", "data") for key, value in dataclasses.asdict(getattr(config, section)).items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="DxMI on 8 Gaussians with a custom reward: own energy MLP + a fixed pull to the origin.")
     parser.add_argument("--teacher", required=True, help="a pretrain run folder (diffrl pretrain --preset 8gaussians)")
     parser.add_argument("--out", default=None, help="the run folder (new); default: a temporary folder")
     parser.add_argument("--quick", action="store_true", help="a short run (under 3 minutes on 2 CPU cores)")
     parser.add_argument("--steps", type=int, default=None, help="training iterations (default 1000, --quick 300)")
+    parser.add_argument("overrides", nargs="*", help="more config overrides, key.sub=value (e.g. train.batch_size=256)")
     args = parser.parse_args(argv)
 
     from diffrl.app import evaluate, from_run, load_config, train
 
     module = importable_module()
     steps = args.steps or (300 if args.quick else 1000)
-    n = 4000 if args.quick else None  # test samples scored (default: the whole test split, 10000)
     overrides = [f"train.teacher={args.teacher}", f"train.loop.steps={steps}", f"train.loop.eval_every={max(steps // 4, 1)}",
                  f"train.loop.checkpoint_every={steps}", "train.loop.log_every=50", "threads=1"]
-    config = load_config("8gaussians", overrides)
+    config = load_config("8gaussians", [*teacher_settings(args.teacher), *overrides, *args.overrides])
+    n = min(4000, config.data.n_eval) if args.quick else None  # test samples scored (default: the whole test split)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="custom_reward_")) / "run"
 
     start = time.perf_counter()

@@ -204,3 +204,13 @@ def test_from_run_gives_everything_a_finished_run_holds(tmp_path: Path, teacher:
     assert t.kind == "teacher" and t.policy.horizon == 7 and t.cost_to_go is None
     report = json.loads(json.dumps(pipeline.evaluate(out, n=200)))
     assert {"sw", "mmd", "auc"} <= report.keys()
+
+
+def test_a_zero_step_run_and_a_teacher_of_other_sizes(tmp_path: Path, teacher: Path) -> None:
+    """train.loop.steps=0 leaves a complete run (the start, scored); the teacher keeps its own
+    network sizes when the DxMI run's net section differs (it sizes the value and energy only)."""
+    sizes = [o for o in TINY if not o.startswith("net.")] + ["net.hidden=24", "net.depth=3"]
+    pipeline.train(load_config("8gaussians", [*sizes, f"train.teacher={teacher}", "train.loop.steps=0"]), tmp_path / "zero", progress=False)
+    run = pipeline.from_run(tmp_path / "zero", "last")
+    assert run.step == 0 and run.value.inp.out_features == 24
+    assert run.policy.mean_model.eps_model.inp.out_features == 16

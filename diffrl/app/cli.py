@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run_options(job: argparse.ArgumentParser) -> None:
     job.add_argument("run", help="a run folder (pretrain or train)")
     job.add_argument("--which", choices=["best", "last"], default="best", help="DxMI runs: the model selected on validation, or the final training state")
-    job.add_argument("--steps", type=_number(int, 1, "--steps"), default=None, help="teacher runs: steps of its strided chain (default: all)")
+    job.add_argument("--steps", type=_number(int, 1, "--steps"), default=None, help="teacher runs: steps of its chain (default: all)")
+    job.add_argument("--schedule", choices=["strided", "var", "ddim"], default="strided",
+                     help="teacher runs: its strided ancestral chain, the VAR chain a DxMI run starts from, or deterministic DDIM")
     job.add_argument("--seed", type=_number(int, 0, "--seed"), default=0, help="seed of the sampling noise")
     job.add_argument("--guidance", type=_number(float, 0, "--guidance"), default=0.0, help="DxMI runs: value-guidance strength lambda (spec section 6)")
 
@@ -147,7 +149,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> dict | None:
             raise ValueError(f"--out {out} must end in .npy")
         if out.exists() and not args.force:
             raise FileExistsError(f"{out} exists; pass --force to overwrite it or choose another --out")
-        run = pipeline.from_run(args.run, args.which, args.steps)
+        run = pipeline.from_run(args.run, args.which, args.steps, args.schedule)
         samples = run.sample(args.n, args.seed, args.guidance)
         from ..checkpoint import save_array
 
@@ -157,7 +159,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> dict | None:
         if run.config.task == "images":
             result["grid"] = str(_grid(samples, out.with_suffix(".png")))
         return result
-    return pipeline.evaluate(args.run, args.n, args.steps, args.seed, args.which, guidance=args.guidance, split=args.split, data=args.data)
+    return pipeline.evaluate(args.run, args.n, args.steps, args.seed, args.which, args.schedule, args.guidance, args.split, args.data)
 
 
 def _grid(samples, path: Path) -> Path:

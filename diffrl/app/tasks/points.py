@@ -100,12 +100,17 @@ class PointsTask(Task):
         return DDPM(self._mlp(self.dim, self.dim), num_steps=self.config.pretrain.num_timesteps)
 
     def teacher_state(self, ddpm: DDPM) -> dict[str, Any]:
-        return {"dim": self.dim, "num_steps": ddpm.num_steps}
+        eps = ddpm.eps_model
+        sizes = {"hidden": eps.inp.out_features, "depth": len(eps.blocks) + 1, "time_dim": eps.time_dim}
+        return {"dim": self.dim, "num_steps": ddpm.num_steps, **sizes}
 
     def teacher_from_state(self, state: dict[str, Any]) -> DDPM:
+        """The teacher's MLP at its own sizes (a DxMI run's ``net`` sizes its value and energy only)."""
         if state["dim"] != self.dim:
             raise ValueError(f"the data have D = {self.dim} dimensions but the run's teacher was trained on D = {state['dim']}")
-        return DDPM(self._mlp(self.dim, self.dim), num_steps=state["num_steps"])
+        n = self.config.net
+        sizes = {key: state.get(key, getattr(n, key)) for key in ("hidden", "depth", "time_dim")}
+        return DDPM(TimeMLP(self.dim, self.dim, **sizes), num_steps=state["num_steps"])
 
     def load_teacher(self, source: str | None) -> DDPM:
         """A point-data teacher run folder, or None: a freshly initialised network (DxMI from scratch)."""
