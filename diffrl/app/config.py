@@ -180,6 +180,7 @@ class ExperimentConfig:
     amp: str = "none"
     """Autocast of DxMI steps and sampling on GPUs: none, bf16 or fp16 (no loss scaling: prefer bf16)."""
     threads: Optional[int] = None
+    """torch CPU threads; null: the task's default (points 1, images all cores; diffrl.app.tasks.DEFAULT_THREADS)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""

@@ -43,7 +43,7 @@ from ..rewards import RewardModel
 from ..run import RunDir
 from ..sampling import ddim_sample, value_guided_sample
 from .config import ExperimentConfig, from_yaml, to_yaml
-from .tasks import Task, make_task
+from .tasks import DEFAULT_THREADS, Task, make_task
 
 __all__ = ["AgentFactory", "RewardFactory", "Run", "TeacherTrainer", "compose", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
 
@@ -58,8 +58,9 @@ RewardFactory = Callable[[tuple, ExperimentConfig], RewardModel]
 
 def setup(config: ExperimentConfig) -> Dist:
     """Threads, processes, device and the global seed (per process under torchrun)."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    threads = config.threads if config.threads is not None else DEFAULT_THREADS[config.task]
+    if threads is not None:
+        torch.set_num_threads(threads)
     ctx = init_processes(config.device)
     autocast(config, ctx.device)  # amp on a CPU is refused here, before a run folder is made
     seed = config.seed if ctx.world == 1 else rank_seed(config.seed, ctx.rank, 0)
