@@ -68,7 +68,7 @@ def run_teacher(root: str, overrides: list[str], n: int | None) -> dict:
 
     def train() -> None:
         config = load_config("digits", ["threads=1", *overrides])
-        pipeline.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.pretrain(config, run, resume=(run / "config.yaml").is_file(), progress=False)
 
     seconds = {"teacher_train": train_seconds(run, train)}
     rows = {}
@@ -91,7 +91,7 @@ def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | Non
 
     def train() -> None:
         config = load_config("digits", [f"seed={seed}", "threads=1", f"train.teacher={Path(root, 'teacher')}", *VARIANTS[name], *overrides])
-        pipeline.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.train(config, run, resume=(run / "config.yaml").is_file(), progress=False)
 
     seconds = train_seconds(run, train)
     out = {"name": name, "seed": seed, "train_seconds": seconds, "test": _scores(pipeline.evaluate(run, n=n, seed=seed))}

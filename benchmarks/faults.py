@@ -216,6 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="folder for the world (must not exist)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the fault table (markdown) here")
     args = parser.parse_args()
     root = make_world(args.root)
     results = []
@@ -227,6 +228,14 @@ def main() -> None:
     print(f"{ok} of {len(results)} end in a one-line error before any work")
     if args.out:
         args.out.write_text(json.dumps({"one_line_errors": ok, "cases": len(results), "results": results}, indent=1) + "\n")
+    if args.markdown:
+        rows = [
+            f"| {r['case']} | {r['kind']} | {'one-line error' if r['one_line_error'] else 'other'} | "
+            f"`{r['command'].replace(str(root), 'W')}` | {(r['stderr'][:1] or [r['traceback']])[0].replace(str(root), 'W').replace('|', '/')} |"
+            for r in results
+        ]
+        header = "| bad input | class | outcome | command (W: the world folder) | what the user reads |\n|---|---|---|---|---|\n"
+        args.markdown.write_text(header + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ What it does, top to bottom:
      library and of ``plain_dxmi_iteration`` must leave identical policy, sigma, AVR, value and
      energy parameters (and identical parameter *changes*, so a tiny learning rate cannot hide a
      wrong update). Checked with the default config and with large learning rates. The script
-     refuses to time code that disagrees.
+     refuses to time code that disagrees. The library side is built as ``diffrl.app.pipeline.train``
+     builds a 2-D run from scratch (``build_library``: ``make_task``, ``task.load_teacher(None)``,
+     ``compose``, ``_dxmi``); the plain side starts from deep copies of its initial weights.
   2. timing: per batch size, warm-up, then ``--rounds`` blocks of ``--iters`` iterations of each,
      interleaved in alternating order in this one process; median wall-clock seconds per
      iteration, and median CPU seconds of this thread (robust to other jobs on a shared machine).

@@ -38,18 +38,11 @@ def mode_shape(x: Tensor) -> dict[str, float]:
 
 
 def sampler_of(path: str, which: str, steps: int | None, schedule: str) -> pipeline.Run:
-    """The run to sample: a DxMI run's ``which`` model, or a teacher run's ``steps``-step ``schedule``
-    chain with the last step's sigma at 1e-3 (``DDPM.step_policy``'s default, with which the
-    teachers in docs/results.md were measured; ``pipeline.from_run`` takes the run's
-    ``train.last_sigma``, 0.05, DxMI's start)."""
+    """The run to sample: a DxMI run's ``which`` model, or a teacher run's ``steps``-step ``schedule`` chain."""
     _, config, state = pipeline.open_run(path)
     if config.data.name != "8gaussians":
         raise ValueError(f"{path} was trained on {config.data.name!r}, not 8gaussians")
-    if state["kind"] == "dxmi":
-        return pipeline.from_run(path, which, steps, schedule)
-    run = pipeline.from_run(path, "best", steps, schedule)
-    run.policy = run.teacher.step_policy(run.policy.horizon, run.task.event_shape, kind=schedule).to(run.device)
-    return run
+    return pipeline.from_run(path, which if state["kind"] == "dxmi" else "best", steps, schedule)
 
 
 def main() -> None:
@@ -69,7 +62,7 @@ def main() -> None:
         samples = r.task.to_output(r.sample(test.shape[0], r.config.seed + 1, args.guidance))
         rows = {run: torch.from_numpy(samples)}
         if i == 0:
-            rows = {"data (an independent draw)": toy_data("8gaussians", test.shape[0], config.seed + 777), **rows}
+            rows = {"data (an independent draw)": toy_data("8gaussians", test.shape[0], r.config.seed + 777), **rows}
         for name, x in rows.items():
             s = mode_shape(x)
             print(

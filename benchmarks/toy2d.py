@@ -35,19 +35,10 @@ def _finished(run: Path) -> bool:
 
 
 def evaluate_teacher(run: Path, steps: int, seed: int, schedule: str = "strided") -> dict:
-    """Test scores of a teacher run's ``steps``-step ``schedule`` chain with the last step's sigma
-    at 1e-3 (``DDPM.step_policy``'s default), as every number of the table was measured (diffrl
-    0.1's ``experiment.evaluate``). ``pipeline.evaluate`` would sample it with the run's
-    ``train.last_sigma`` (0.05, what DxMI starts from) instead; otherwise this is that function:
-    same samples (seed + 1), same scores."""
+    """Test scores of a teacher run's ``steps``-step ``schedule`` chain (``pipeline.evaluate``)."""
     from diffrl.app import pipeline
 
-    r = pipeline.from_run(run, steps=steps, schedule=schedule)
-    r.policy = r.teacher.step_policy(r.policy.horizon, r.task.event_shape, kind=schedule).to(r.device)
-    n = r.task.split("test").shape[0]
-    scores, _ = r.task.evaluate(r.draw(), n, seed + 1, "test", None, r.device)
-    return {"run": str(run), "kind": r.kind, "which": "best", "steps": r.policy.horizon, "n": n, "guidance": 0.0, "split": "test",
-            "schedule": schedule, "last_sigma": float(r.policy.sigma[-1]), **scores}
+    return {**pipeline.evaluate(run, steps=steps, seed=seed, schedule=schedule), "schedule": schedule}
 
 
 def run_teacher(root: str, dataset: str, seed: int, overrides: list[str]) -> dict:
@@ -58,7 +49,7 @@ def run_teacher(root: str, dataset: str, seed: int, overrides: list[str]) -> dic
 
     def train() -> None:
         config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
-        pipeline.pretrain(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.pretrain(config, run, resume=(run / "config.yaml").is_file(), progress=False)
 
     wall = train_seconds(run, train, finished=_finished(run))
     rows = {}
@@ -76,7 +67,7 @@ def run_dxmi(root: str, dataset: str, seed: int, name: str, overrides: list[str]
 
     def train() -> None:
         config = load_config(dataset, [f"seed={seed}", "threads=1", *overrides])
-        pipeline.train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
+        pipeline.train(config, run, resume=(run / "config.yaml").is_file(), progress=False)
 
     wall = train_seconds(run, train, finished=_finished(run))
     best, last = pipeline.evaluate(run, seed=seed), pipeline.evaluate(run, seed=seed, which="last")

@@ -28,7 +28,7 @@ def _load_benchmark():
 
 bench = _load_benchmark()
 
-BIG_LR = ["train.lr_sampler=1e-3", "train.lr_sigma=1e-2", "train.lr_value=1e-2", "train.lr_energy=1e-2"]
+BIG_LR = ["train.dxdp.lr_sampler=1e-3", "train.dxdp.lr_sigma=1e-2", "train.dxdp.lr_value=1e-2", "train.lr_energy=1e-2"]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def data():
     [
         pytest.param([], id="default"),
         pytest.param(BIG_LR, id="large-lr"),
-        pytest.param(BIG_LR + ["train.separate_energy=false", "train.lr_value=3e-3"], id="shared-energy"),
-        pytest.param(BIG_LR + ["train.fix_last=true", "train.tau_velocity=1.0", "train.tau_entropy=0.5"], id="fix-last"),
+        pytest.param(BIG_LR + ["train.separate_energy=false", "train.dxdp.lr_value=3e-3"], id="shared-energy"),
+        pytest.param(BIG_LR + ["train.fix_last=true", "train.tau_velocity=1.0", "train.dxdp.tau_entropy=0.5"], id="fix-last"),
     ],
 )
 def test_library_iteration_equals_plain_torch(data, overrides):

@@ -143,6 +143,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> dict | None:
         progress = False if args.no_progress else None
         result = job(config, args.out, resume=args.resume, progress=progress, overrides=overrides)
         return {"run": args.out, **result}
+    _threads_of(args.run)
     if args.job == "sample":
         out = Path(args.out) if args.out else Path(args.run) / _sample_name(args)
         if out.suffix != ".npy":
@@ -160,6 +161,19 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> dict | None:
             result["grid"] = str(_grid(samples, out.with_suffix(".png")))
         return result
     return pipeline.evaluate(args.run, args.n, args.steps, args.seed, args.which, args.schedule, args.guidance, args.split, args.data)
+
+
+def _threads_of(run: str) -> None:
+    """Sample and evaluate with the run's threads (or its task's default), as training did."""
+    import torch
+
+    from .pipeline import open_run
+    from .tasks import DEFAULT_THREADS
+
+    config = open_run(run, need_model=False)[1]
+    threads = config.threads if config.threads is not None else DEFAULT_THREADS[config.task]
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _grid(samples, path: Path) -> Path:

@@ -484,7 +484,7 @@ def from_run(path: str | Path, which: str = "best", steps: int | None = None, sc
             raise ValueError(f"{run_dir.path} is a teacher run: it keeps one model, --which last applies to DxMI runs")
         teacher.eps_model.load_state_dict(state["eps_model"])
         kind = "strided" if schedule == "ddim" else schedule
-        policy = teacher.step_policy(steps or teacher.num_steps, task.event_shape, kind=kind, last_sigma=config.train.last_sigma)
+        policy = teacher.step_policy(steps or teacher.num_steps, task.event_shape, kind=kind)  # the teacher's chain: last sigma 1e-3
         return Run(run_dir.path, config, task, "teacher", teacher, policy.to(ctx.device), device=ctx.device, schedule=schedule)
     if steps is not None and steps != config.train.horizon:
         raise ValueError(f"{run_dir.path} is a DxMI sampler trained for T = {config.train.horizon} steps; it cannot sample with {steps}")
