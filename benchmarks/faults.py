@@ -222,6 +222,8 @@ def main() -> None:
     results = []
     for case, kind, argv in CASES:
         r = run_case(root, argv)
+        r["stderr"] = [line.replace(str(root), "{w}") for line in r["stderr"]]
+        r["traceback"] = r["traceback"] and r["traceback"].replace(str(root), "{w}")
         results.append({"case": case, "kind": kind, "command": "diffrl " + " ".join(argv), **r})
         print(f"{'ok  ' if r['one_line_error'] else 'FAIL'} {case}: {r['stderr'][:1] or r['traceback']}")
     ok = sum(r["one_line_error"] for r in results)
@@ -231,10 +233,10 @@ def main() -> None:
     if args.markdown:
         rows = [
             f"| {r['case']} | {r['kind']} | {'one-line error' if r['one_line_error'] else 'other'} | "
-            f"`{r['command'].replace(str(root), 'W')}` | {(r['stderr'][:1] or [r['traceback']])[0].replace(str(root), 'W').replace('|', '/')} |"
+            f"`{r['command']}` | {(r['stderr'][:1] or [r['traceback']])[0].replace('|', '/')} |"
             for r in results
         ]
-        header = "| bad input | class | outcome | command (W: the world folder) | what the user reads |\n|---|---|---|---|---|\n"
+        header = "| bad input | class | outcome | command ({w}: the world folder) | what the user reads |\n|---|---|---|---|---|\n"
         args.markdown.write_text(header + "\n".join(rows) + "\n")
 
 
