@@ -62,7 +62,6 @@ Run it (it prints the SW of the starting chain and of the trained sampler):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -158,30 +157,6 @@ def make(policy: GaussianStepPolicy, mdp: ChainMDP, config) -> Reinforce:
 # ---------------------------------------------------------------- the script
 
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def importable_module():
-    """This file as ``examples.custom_agent``: a factory defined in ``__main__`` cannot be recorded
-    in config.yaml (a resumed or restored run imports it back by name)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import examples.custom_agent as module
-
-    return module
-
-
-def teacher_settings(teacher: str | Path) -> list[str]:
-    """The teacher run's ``net.*`` and ``data.*`` as overrides: the sampler is the teacher's network
-    (``diffrl train`` builds it from its own ``net`` section, so the sizes must agree), and the same
-    data splits make the teacher's test SW and the trained sampler's comparable."""
-    from diffrl.app.pipeline import open_run
-
-    _, config, _ = open_run(teacher, need_model=False)
-    return [f"{section}.{key}={'null' if value is None else value}"
-            for section in ("net", "data") for key, value in dataclasses.asdict(getattr(config, section)).items()]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="DxMI on 8 Gaussians with a REINFORCE agent in place of DxDP.")
     parser.add_argument("--teacher", required=True, help="a pretrain run folder (diffrl pretrain --preset 8gaussians)")
@@ -193,23 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from diffrl.app import evaluate, load_config, train
+    from diffrl.app.pipeline import settings_of
 
-    module = importable_module()
     if args.lr is not None:
-        module.LR = args.lr  # read by make() when the run starts (the saved optimiser state keeps it on --resume)
+        globals()["LR"] = args.lr  # read by make() when the run starts (the saved optimiser state keeps it on --resume)
     steps = args.steps or (300 if args.quick else 1000)
     overrides = [f"train.teacher={args.teacher}", f"train.loop.steps={steps}", f"train.loop.eval_every={max(steps // 4, 1)}",
                  f"train.loop.checkpoint_every={steps}", "train.loop.log_every=50", "threads=1"]
-    config = load_config("8gaussians", [*teacher_settings(args.teacher), *overrides, *args.overrides])
+    config = load_config("8gaussians", [*settings_of(args.teacher, "data"), *overrides, *args.overrides])
     n = min(4000, config.data.n_eval) if args.quick else None  # test samples scored (default: the whole test split)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="custom_agent_")) / "run"
 
     start = time.perf_counter()
     before = evaluate(args.teacher, n=n, steps=config.train.horizon, schedule="var")  # the chain training starts from
-    train(config, out, agent=module.make, progress=False)
+    train(config, out, agent=make, progress=False)
     best, last = evaluate(out, n=n), evaluate(out, n=n, which="last")
     wall = time.perf_counter() - start
-    print(json.dumps({"run": str(out), "steps": steps, "lr": module.LR, "sw_before": before["sw"], "sw_after_best": best["sw"],
+    print(json.dumps({"run": str(out), "steps": steps, "lr": LR, "sw_before": before["sw"], "sw_after_best": best["sw"],
                       "sw_after_last": last["sw"], "seconds": round(wall, 1)}))
     print(f"SW (test, {config.train.horizon} steps): {before['sw']:.3f} before -> {best['sw']:.3f} after "
           f"(selected on validation; last iterate {last['sw']:.3f}), {wall:.0f} s", file=sys.stderr)

@@ -22,7 +22,7 @@ import sys
 import time
 from collections import deque
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,7 +45,7 @@ from ..sampling import ddim_sample, value_guided_sample
 from .config import ExperimentConfig, from_yaml, to_yaml
 from .tasks import DEFAULT_THREADS, Task, make_task
 
-__all__ = ["AgentFactory", "RewardFactory", "Run", "TeacherTrainer", "compose", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
+__all__ = ["AgentFactory", "RewardFactory", "Run", "TeacherTrainer", "compose", "settings_of", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
 
 AgentFactory = Callable[[GaussianStepPolicy, ChainMDP, ExperimentConfig], Agent]
 """agent_factory(policy, mdp, config) -> Agent: anything with policy, act, update(chain), training_state."""
@@ -99,17 +99,36 @@ def resolve_factory(spec: str, builtin: dict[str, Callable]) -> Callable:
 
 
 def _spec_of(factory: Callable, kind: str) -> str:
-    """``module:qualname`` of a factory, checked to import back to the same object."""
-    spec = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', '')}"
+    """``module:qualname`` of a factory, checked to import back to the same function. A factory of
+    the script being run (``__main__``) is named by the script's path from the working directory
+    (``python examples/custom_agent.py`` records ``examples.custom_agent:make``)."""
+    module, name = getattr(factory, "__module__", ""), getattr(factory, "__qualname__", "")
+    if module == "__main__":
+        module = _main_module_name()
+    spec = f"{module}:{name}"
     try:
-        if resolve_factory(spec, {}) is factory:
+        found = resolve_factory(spec, {})
+        code = getattr(factory, "__code__", None)
+        if found is factory or (code is not None and getattr(found, "__code__", None) is not None
+                                and found.__code__.co_filename == code.co_filename and found.__qualname__ == name):
             return spec
     except ValueError:
         pass
     raise ValueError(
-        f"the {kind} factory {factory!r} cannot be imported back by name (a lambda, a local function or a "
-        f"__main__ function): define it at module level in an importable module so the run can resume and restore"
+        f"the {kind} factory {factory!r} cannot be imported back by name (a lambda or a local function): "
+        f"define it at module level in an importable module so the run can resume and restore"
     )
+
+
+def _main_module_name() -> str:
+    """The dotted name under which the running script imports from the working directory ("" if none)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is None:
+        return ""
+    path, cwd = Path(main_file).resolve(), Path.cwd().resolve()
+    if cwd not in path.parents:
+        return ""
+    return ".".join(path.relative_to(cwd).with_suffix("").parts)
 
 
 def dxdp_agent(policy: GaussianStepPolicy, mdp: ChainMDP, config: ExperimentConfig) -> DxDP:
@@ -147,17 +166,19 @@ class Composition:
         return value if isinstance(value, nn.Module) else None
 
 
-def compose(config: ExperimentConfig, task: Task, teacher: DDPM, device: torch.device) -> Composition:
-    """Sampler (the teacher's T-step chain), reward, MDP and agent, in that order, on ``device``."""
+def compose(config: ExperimentConfig, task: Task, teacher: DDPM, device: torch.device,
+            agent: AgentFactory | None = None, reward: RewardFactory | None = None) -> Composition:
+    """Sampler (the teacher's T-step chain), reward, MDP and agent, in that order, on ``device``;
+    the factories are ``agent`` / ``reward`` when given, else those ``train.agent`` / ``train.reward`` name."""
     t = config.train
     policy = teacher.step_policy(t.horizon, task.event_shape, kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
-    reward = resolve_factory(t.reward, REWARDS)(task.event_shape, config)
+    reward = (reward or resolve_factory(t.reward, REWARDS))(task.event_shape, config)
     if not isinstance(reward, RewardModel):
         raise TypeError(f"the reward factory {t.reward!r} returned {type(reward).__name__}, not a diffrl.rewards.RewardModel")
     mdp = ChainMDP(reward, task.event_shape, policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay)
     policy.to(device)
     mdp.to(device)
-    agent = resolve_factory(t.agent, AGENTS)(policy, mdp, config)
+    agent = (agent or resolve_factory(t.agent, AGENTS))(policy, mdp, config)
     if not isinstance(agent, Agent) or agent.policy is not policy:
         raise TypeError(f"the agent factory {t.agent!r} must return an Agent (act, update, training_state, ...) acting with the given policy")
     return Composition(teacher, policy, reward, mdp, agent)
@@ -338,6 +359,7 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
                 setattr(config.train, kind, factory if isinstance(factory, str) else _spec_of(factory, kind))
     elif agent is not None or reward is not None:
         raise ValueError("a resumed run keeps the agent and reward recorded in its config.yaml")
+    factories = [f if callable(f) else None for f in (agent, reward)]  # this process calls them as given
     config, from_checkpoint = _open_for_job("train", config, out, resume, overrides)
     ctx = setup(config)
     t = config.train
@@ -347,7 +369,7 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
     teacher = task.load_teacher(t.teacher)
     if t.horizon > teacher.num_steps:
         raise ValueError(f"train.horizon {t.horizon} exceeds the teacher's {teacher.num_steps} steps")
-    c = compose(config, task, teacher, ctx.device)
+    c = compose(config, task, teacher, ctx.device, *factories)
     distribute(ctx, c.agent, c.reward, c.mdp)
     learnable = c.reward.learnable
     data_seed = config.seed if ctx.world == 1 else rank_seed(config.seed, ctx.rank, 1)
@@ -407,6 +429,18 @@ def open_run(path: str | Path, need_model: bool = True) -> tuple[RunDir, Experim
     if state.get("kind") not in ("teacher", "dxmi"):
         raise CorruptFileError(f"{run.model_path}: not a diffrl model file (no kind)")
     return run, config, state
+
+
+def settings_of(path: str | Path, *sections: str) -> list[str]:
+    """A run's config ``sections`` (e.g. "data") as dotted overrides, to train on what a teacher was trained on."""
+    config = open_run(path, need_model=False)[1]
+    out = []
+    for section in sections:
+        for key, value in vars(getattr(config, section)).items():
+            if is_dataclass(value):
+                raise ValueError(f"settings_of copies flat sections; {section}.{key} is a section of its own")
+            out.append(f"{section}.{key}={'null' if value is None else value}")
+    return out
 
 
 def _policy_draw(policy: GaussianStepPolicy, device: torch.device, cost_to_go=None, guidance: float = 0.0):
