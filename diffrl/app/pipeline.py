@@ -230,7 +230,7 @@ class TeacherTrainer:
         self.data.generator.set_state(state["data_rng"])
 
 
-class _Distributed:
+class _DxMITrainer:
     """DxMI.step under autocast, logged metrics averaged over processes, and every process's random
     streams in the training state (one process: exactly ``DxMI``'s own state)."""
 
@@ -238,12 +238,13 @@ class _Distributed:
         self.dxmi, self.config, self.ctx = dxmi, config, ctx
         self._rng_to_restore: list | None = None
         self._seconds: deque[float] = deque(maxlen=config.train.loop.log_every)
+        self._data_rng = getattr(dxmi.data, "generator", None) or torch.Generator()  # a fixed reward has no data stream
 
     def step(self) -> dict[str, Tensor]:
         """One DxMI iteration; adds perf/sec_per_iter (mean over the logging window) and, on GPUs,
         perf/peak_mem_gib."""
         if self._rng_to_restore is not None:  # after fit has set rank 0's CPU RNG everywhere
-            set_rng_state(self.ctx, self._rng_to_restore, self.dxmi.data.generator)
+            set_rng_state(self.ctx, self._rng_to_restore, self._data_rng)
             self._rng_to_restore = None
         start = time.perf_counter()
         with autocast(self.config, self.ctx.device):
@@ -261,7 +262,7 @@ class _Distributed:
     def training_state(self) -> dict[str, Any]:
         state = self.dxmi.training_state()
         if self.ctx.world > 1:  # collective: every rank saves at the same steps
-            state["rank_rng"] = rng_state(self.ctx, self.dxmi.data.generator)
+            state["rank_rng"] = rng_state(self.ctx, self._data_rng)
             state["world_size"] = self.ctx.world
         return state
 
@@ -375,7 +376,7 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
     data_seed = config.seed if ctx.world == 1 else rank_seed(config.seed, ctx.rank, 1)
     data = task.batches(t.batch_size // ctx.world, data_seed, ctx.device) if learnable else None
     c.dxmi = dxmi = _dxmi(config, c, data)
-    trainer = _Distributed(dxmi, config, ctx)
+    trainer = _DxMITrainer(dxmi, config, ctx)
     task.prepare_scores()
     if ctx.main:  # the folder only once everything is built: a failed start leaves nothing behind
         run = _run_dir(out, config, resume, from_checkpoint)
