@@ -80,10 +80,11 @@ def _first_line(exc: BaseException) -> str:
     return prefix + lines[0] if lines else prefix.rstrip(": ")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``. Raises FileNotFoundError if ``path`` is not a
     file and ``CorruptFileError`` if it is empty, truncated, not a torch file, holds objects that
-    ``weights_only=True`` refuses, or its top level is not a dict."""
+    ``weights_only=True`` refuses, or its top level is not a dict. ``mmap``: map the tensors instead
+    of reading them (cheap when only the structure is needed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -100,7 +101,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         try:
             with warnings.catch_warnings():  # random bytes can look like an odd pickle protocol
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                state = torch.load(f, map_location=map_location, weights_only=True)
+                source = str(path) if mmap and is_zip else f
+                state = torch.load(source, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
         except Exception as exc:  # bad bytes fail in many ways: EOF, Key, Index, OS, Runtime, Unpickling...
             reason = _first_line(exc)
             if is_zip and not isinstance(exc, pickle.UnpicklingError):

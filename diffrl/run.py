@@ -80,8 +80,8 @@ class RunDir:
         if not self.readonly:
             save_checkpoint(state, self.checkpoint_path)
 
-    def load_checkpoint(self) -> dict[str, Any]:
-        return load_checkpoint(self.checkpoint_path)
+    def load_checkpoint(self, mmap: bool = False) -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint_path, mmap=mmap)
 
     def save_model(self, state: dict[str, Any]) -> None:
         if not self.readonly:

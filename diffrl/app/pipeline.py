@@ -290,7 +290,7 @@ def _open_for_job(job: str, config: ExperimentConfig | None, out: str | Path, re
         run, saved, _ = open_run(out, need_model=False)
         from_checkpoint = run.checkpoint_path.is_file()
         if from_checkpoint:
-            kind = "teacher" if "ddpm" in run.load_checkpoint()["trainer"] else "dxmi"
+            kind = "teacher" if "ddpm" in run.load_checkpoint(mmap=True)["trainer"] else "dxmi"  # fit reads it in full
             if kind != {"pretrain": "teacher", "train": "dxmi"}[job]:
                 raise ValueError(f"{out} is a {kind} run: resume it with `diffrl {'pretrain' if kind == 'teacher' else 'train'} --resume`")
         return apply_resume_overrides(saved, overrides or []), from_checkpoint
@@ -408,11 +408,13 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
     result = fit(trainer, run, t.loop, evaluate_fn, model_state, resume=from_checkpoint, progress=progress if ctx.main else False,
                  select_metric=task.select_metric)
     ctx.barrier()
-    if ctx.main:
-        best, last = from_run(out, "best", ctx=ctx), from_run(out, "last", ctx=ctx)
-        samples = task.draw(best.draw(), task.output_samples, config.seed + 1, ctx.device)
-        title = f"{t.horizon}-step samples of the selected model (step {best.step})"
-        task.save_outputs(run.path, samples, title, last.cost_to_go)
+    if ctx.main:  # the selected model's samples; heatmaps of the final state, still in memory
+        selected = run.load_model()
+        best = copy.deepcopy(dxmi.sampling_policy)
+        best.load_state_dict(selected["policy"])
+        samples = task.draw(_policy_draw(best, ctx.device), task.output_samples, config.seed + 1, ctx.device)
+        title = f"{t.horizon}-step samples of the selected model (step {selected['step']})"
+        task.save_outputs(run.path, samples, title, task.cost_to_go(c.value, dxmi.evaluation_energy))
     return result
 
 
@@ -527,8 +529,9 @@ def from_run(path: str | Path, which: str = "best", steps: int | None = None, sc
         c = compose(config, task, teacher, ctx.device)
     if which == "last":
         dxmi = _dxmi(config, c, task.batches(1, 0, ctx.device) if c.reward.learnable else None)
-        dxmi.load_training_state(run_dir.load_checkpoint()["trainer"])
-        policy, energy, step = dxmi.sampling_policy, dxmi.evaluation_energy, run_dir.load_checkpoint()["step"]
+        checkpoint = run_dir.load_checkpoint()
+        dxmi.load_training_state(checkpoint["trainer"])
+        policy, energy, step = dxmi.sampling_policy, dxmi.evaluation_energy, checkpoint["step"]
     else:
         c.policy.load_state_dict(state["policy"])
         c.mdp.load_state_dict(state["mdp"])

@@ -97,6 +97,13 @@ class Task(ABC):
 
     # ------------------------------------------------------------ default models
 
+    @property
+    def energy_lr(self) -> float:
+        """The energy's learning rate: ``dxdp.lr_value`` when one Adam steps a network shared with the
+        value (``train.shared_optimizer``), else ``train.lr_energy``."""
+        t = self.config.train
+        return t.dxdp.lr_value if t.shared_optimizer else t.lr_energy
+
     @abstractmethod
     def energy_reward(self, event_shape: tuple[int, ...]) -> RewardModel:
         """The default reward: a learnable energy (DxMI)."""

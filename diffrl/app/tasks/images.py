@@ -139,7 +139,7 @@ class ImagesTask(Task):
     def energy_reward(self, event_shape: tuple[int, ...]) -> RewardModel:
         t, image = self.config.train, self.config.image
         energy = EnergyResNet(event_shape[0], width=image.ebm_width, mults=tuple(image.ebm_mults))
-        return EnergyReward(energy, lr=t.dxdp.lr_value if t.shared_optimizer else t.lr_energy, gamma=t.gamma)
+        return EnergyReward(energy, lr=self.energy_lr, gamma=t.gamma)
 
     def dxdp_value(self, reward: RewardModel, event_shape: tuple[int, ...]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
         """V(x, t) = E(x): the energy network itself; one Adam for both with ``shared_optimizer``."""

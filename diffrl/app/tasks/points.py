@@ -132,8 +132,7 @@ class PointsTask(Task):
         t, (dim,) = self.config.train, event_shape
         if t.separate_energy:
             return EnergyReward(AtTime(self._mlp(dim, 1, self.config.net.energy_activation), 0), lr=t.lr_energy, gamma=t.gamma)
-        lr = t.dxdp.lr_value if t.shared_optimizer else t.lr_energy
-        return EnergyReward(AtTime(self._mlp(dim, 1), t.horizon), lr=lr, gamma=t.gamma)
+        return EnergyReward(AtTime(self._mlp(dim, 1), t.horizon), lr=self.energy_lr, gamma=t.gamma)
 
     def dxdp_value(self, reward: RewardModel, event_shape: tuple[int, ...]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
         """A time-dependent MLP V(x, t); with ``separate_energy`` off, the energy's own network and optimiser."""
