@@ -16,7 +16,11 @@ __all__ = ["soft_value", "time_cost", "ValueTDLoss", "SamplerLoss"]
 
 
 def soft_value(value: nn.Module, mdp: ChainMDP, x: Tensor, t: Tensor) -> Tensor:
-    """V(x, t) with the boundary V(x, T) = cost(x_T); x (B, ...), t (B,) long in 0..T -> (B,)."""
+    """V(x, t) with the boundary V(x, T) = cost(x_T); x (*batch, *event), t (*batch,) long in 0..T
+    -> (*batch,). The value network sees one flat batch: value(x (N, *event), t (N,)) -> (N,)."""
+    batch = t.shape
+    if len(batch) != 1:
+        return soft_value(value, mdp, x.reshape(-1, *mdp.event_shape), t.reshape(-1)).reshape(batch)
     last = t == mdp.horizon
     if not bool(last.any()):
         return value(x, t)

@@ -64,26 +64,41 @@ class ChainMDP(nn.Module):
         device = device or self.velocity_scale_sq.device
         return torch.randn((batch, *self.event_shape), generator=generator, device=device)
 
-    @staticmethod
-    def mean_square_step(x: Tensor, x_next: Tensor) -> Tensor:
-        """mean_d (x_next - x)^2, (B,)."""
-        return (x_next - x).flatten(1).pow(2).mean(1)
+    def _flat_events(self, x: Tensor) -> Tensor:
+        """x (*batch, *event_shape) -> (*batch, D)."""
+        return x.flatten(x.ndim - len(self.event_shape)) if self.event_shape else x[..., None]
+
+    def mean_square_step(self, x: Tensor, x_next: Tensor) -> Tensor:
+        """mean_d (x_next - x)^2, (*batch,) for x, x_next (*batch, *event_shape)."""
+        return self._flat_events(x_next - x).pow(2).mean(-1)
 
     def velocity_cost(self, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
-        """v_t = mean_d (x_next - x)^2 / (2 s_t^2), (B,); t (B,) long."""
+        """v_t = mean_d (x_next - x)^2 / (2 s_t^2), (*batch,); t (*batch,) long in 0..T-1."""
         return self.mean_square_step(x, x_next) / (2 * self.velocity_scale_sq[t])
 
     def terminal_cost(self, x_final: Tensor) -> Tensor:
-        """cost(x_T) = -reward(x_T), (B,): the boundary condition V(x, T)."""
-        return self.reward.cost(x_final)
+        """cost(x_T) = -reward(x_T), (*batch,) for x_final (*batch, *event_shape): the boundary V(x, T).
+        The reward model sees one flat batch (N, *event_shape)."""
+        batch = x_final.shape[: x_final.ndim - len(self.event_shape)]
+        return self.reward.cost(x_final.reshape(-1, *self.event_shape)).reshape(batch)
+
+    def step_terms(self, x: Tensor, x_next: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """The step's costs (higher is worse), each (*batch,); t (*batch,) long in 0..T-1:
+
+        velocity_cost  v_t (unweighted; the reward weighs it by tau_velocity)
+        terminal_cost  cost(x_T) = -reward(x_T) on the last step (t = T - 1), 0 on the others
+        """
+        velocity = self.velocity_cost(x, x_next, t)
+        last = t == self.horizon - 1
+        terminal = torch.zeros_like(velocity)
+        if bool(last.any()):
+            terminal = torch.where(last, self.terminal_cost(x_next).to(velocity.dtype), terminal)
+        return {"velocity_cost": velocity, "terminal_cost": terminal}
 
     def step_reward(self, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
-        """r_t = -tau_velocity v_t, minus cost(x_T) on the last step, (B,); t (B,) long."""
-        r = -self.tau_velocity * self.velocity_cost(x, x_next, t)
-        last = t == self.horizon - 1
-        if bool(last.any()):
-            r = r - torch.where(last, self.terminal_cost(x_next), torch.zeros_like(r))
-        return r
+        """r_t = -(tau_velocity v_t + cost(x_T) on the last step), (*batch,); t (*batch,) long."""
+        terms = self.step_terms(x, x_next, t)
+        return -(self.tau_velocity * terms["velocity_cost"] + terms["terminal_cost"])
 
     @torch.no_grad()
     def update_velocity_scale(self, chain: Tensor) -> None:

@@ -12,20 +12,20 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Transformer-style embedding of real times t, shape (B,) -> (B, dim)."""
+    """Transformer-style embedding of real times t, shape (...) -> (..., dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None]
+    angles = t.float()[..., None] * freqs
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
     return nn.functional.pad(emb, (0, dim - 2 * half))
 
 
 class TimeMLP(nn.Module):
-    """f(x, t): an MLP on (B, D) inputs conditioned on real times t (B,) through a sinusoidal embedding.
+    """f(x, t): an MLP on (..., D) inputs conditioned on real times t (...) through a sinusoidal embedding.
 
     ``time_scale`` multiplies t before embedding, so small integer step indices (0..T) and DDPM
     timesteps (0..999) both spread over the embedding's frequencies. ``out_dim`` = D for an
-    epsilon model, 1 for a value or energy (then the output is squeezed to (B,)). ``activation``
+    epsilon model, 1 for a value or energy (then the output is squeezed to (...)). ``activation``
     names the hidden non-linearity (a key of ``ACTIVATIONS``).
     """
 
@@ -52,8 +52,8 @@ class TimeMLP(nn.Module):
         self.out = nn.Sequential(act(), nn.Linear(hidden, out_dim))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """x (B, D), t (B,) or scalar -> (B, out_dim), or (B,) when out_dim = 1."""
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+        """x (..., D), t (...) or a scalar -> (..., out_dim), or (...) when out_dim = 1; any leading dims."""
+        t = torch.as_tensor(t, device=x.device).expand(x.shape[:-1])
         h = self.inp(x) + self.time_proj(sinusoidal_embedding(t * self.time_scale, self.time_dim))
         for block in self.blocks:
             h = h + block(h)
@@ -62,11 +62,15 @@ class TimeMLP(nn.Module):
 
 
 class AtTime(nn.Module):
-    """g(x) = f(x, t) at a fixed t: the energy E(x) = V(x, T) of a time-dependent value (shared parameters)."""
+    """g(x) = f(x, t) at a fixed t: the energy E(x) = V(x, T) of a time-dependent value (shared parameters).
 
-    def __init__(self, net: nn.Module, t: float) -> None:
+    x (*batch, *event) -> (*batch,), where ``event_ndim`` is the number of event dimensions (1 for
+    points, 3 for images); f must accept the leading dims (a TimeMLP does).
+    """
+
+    def __init__(self, net: nn.Module, t: float, event_ndim: int = 1) -> None:
         super().__init__()
-        self.net, self.t = net, float(t)
+        self.net, self.t, self.event_ndim = net, float(t), event_ndim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x, torch.full((x.shape[0],), self.t, device=x.device))
+        return self.net(x, torch.full(x.shape[: x.ndim - self.event_ndim], self.t, device=x.device))

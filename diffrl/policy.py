@@ -11,26 +11,45 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Independent, Normal
 
 from .schedules import ChainSchedule
 
 __all__ = ["DDIMMean", "GaussianStepPolicy", "rollout", "as_step_index"]
 
 
-def as_step_index(t: int | Tensor, batch: int, device: torch.device, horizon: int | None = None) -> Tensor:
-    """A step index given as an int or a (B,) tensor, returned as a (B,) long tensor; with ``horizon``
-    checked to lie in 0..horizon-1 (an int at once, a tensor without a host sync on GPUs)."""
-    if horizon is not None:
-        if isinstance(t, int) and not 0 <= t < horizon:
-            raise ValueError(f"step index t = {t} is outside 0..{horizon - 1}")
-        if isinstance(t, Tensor):
-            torch._assert_async(((t >= 0) & (t < horizon)).all(), f"a step index is outside 0..{horizon - 1}")
-    return torch.as_tensor(t, device=device, dtype=torch.long).expand(batch)
+def as_step_index(
+    t: int | Tensor, batch_shape: int | tuple[int, ...], device: torch.device, horizon: int | None = None, terminal: bool = False
+) -> Tensor:
+    """A step index as a long tensor of ``batch_shape``.
+
+    t: an int, or a tensor of integral values (long, int or float dtype) shaped (), batch_shape,
+    or batch_shape + (1,) (TorchRL's column convention). With ``horizon`` the values are checked to
+    lie in 0..horizon-1, or 0..horizon when ``terminal`` (t = T is the terminal state): an int at
+    once, a tensor without a host sync on GPUs.
+    """
+    batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+    last = None if horizon is None else horizon if terminal else horizon - 1
+    if not isinstance(t, Tensor):
+        if last is not None and not 0 <= t <= last:
+            raise ValueError(f"step index t = {t} is outside 0..{last}")
+        return torch.as_tensor(t, device=device, dtype=torch.long).expand(batch_shape)
+    if t.dtype.is_floating_point:
+        torch._assert_async((t == t.round()).all(), "a float step index must hold whole numbers")
+    elif t.dtype == torch.bool or t.dtype.is_complex:
+        raise ValueError(f"a step index must be an integer or float tensor, got {t.dtype}")
+    if last is not None:
+        torch._assert_async(((t >= 0) & (t <= last)).all(), f"a step index is outside 0..{last}")
+    if t.ndim == len(batch_shape) + 1 and t.shape[-1] == 1:
+        t = t.squeeze(-1)
+    if t.ndim > 0 and tuple(t.shape) != batch_shape:
+        raise ValueError(f"a step index of shape {tuple(t.shape)} does not fit the batch shape {batch_shape}")
+    return t.to(device=device, dtype=torch.long).expand(batch_shape)
 
 
 def _per_sample(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """values (T,) gathered at t (B,) and shaped (B, 1, ..., 1) to broadcast against like (B, ...)."""
-    return values[t].view(-1, *([1] * (like.ndim - 1)))
+    """values (T,) gathered at t (*batch,) and shaped (*batch, 1, ..., 1) to broadcast against like (*batch, ...)."""
+    return values[t].view(*t.shape, *([1] * (like.ndim - t.ndim)))
 
 
 class DDIMMean(nn.Module):
@@ -59,8 +78,10 @@ class DDIMMean(nn.Module):
 class GaussianStepPolicy(nn.Module):
     """pi(x_{t+1} | x_t) = N(mean(x_t, t), sigma_t^2 I) with a trainable per-step sigma.
 
-    mean_model(x (B, ...), t (B,) long) -> (B, ...). init_sigma (T,) positive; ``event_shape`` is
-    the shape of one sample, e.g. (2,) or (1, 8, 8).
+    mean_model(x (B, *event), t (B,) long in 0..T-1) -> (B, *event). init_sigma (T,) positive;
+    ``event_shape`` is the shape of one sample, e.g. (2,) or (1, 8, 8). The policy's methods accept
+    any leading batch dims (flattened to one for mean_model) and step indices as ints or tensors
+    (``as_step_index``); t = T is the terminal state (see ``dist``).
     """
 
     def __init__(
@@ -110,22 +131,67 @@ class GaussianStepPolicy(nn.Module):
     def sigma_parameters(self) -> list[nn.Parameter]:
         return [self.log_sigma_train]
 
+    def _batch_shape(self, x: Tensor) -> torch.Size:
+        """The leading dims of x (*batch, *event_shape); a ValueError when x does not end in the event shape."""
+        n = len(self.event_shape)
+        if x.ndim < n or tuple(x.shape[x.ndim - n :]) != self.event_shape:
+            raise ValueError(f"expected samples of shape (*batch, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
+        return x.shape[: x.ndim - n]
+
+    def _step(self, x: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
+        """The mean (*batch, *event) of step t at x (*batch, *event) and the index (*batch,) long of
+        the sigma it uses.
+
+        t = T (the terminal state) keeps x: mean x, with the last step's sigma, so that losses which
+        evaluate the policy on terminal next-states (SAC, GAE bootstraps) get finite values to mask.
+        """
+        batch = self._batch_shape(x)
+        t = as_step_index(t, batch, x.device, self.horizon, terminal=True)
+        flat_x, flat_t = x.reshape(-1, *self.event_shape), t.reshape(-1)
+        step = flat_t.clamp(max=self.horizon - 1)
+        mean = self.mean_model(flat_x, step)
+        terminal = (flat_t == self.horizon).view(-1, *([1] * len(self.event_shape)))
+        mean = torch.where(terminal, flat_x.to(mean.dtype), mean)
+        return mean.reshape(x.shape), step.reshape(batch)
+
     def mean(self, x: Tensor, t: int | Tensor) -> Tensor:
-        return self.mean_model(x, as_step_index(t, x.shape[0], x.device, self.horizon))
+        """The step's mean (*batch, *event) at x (*batch, *event), t in 0..T (see ``dist``)."""
+        return self._step(x, t)[0]
 
     def forward(self, x: Tensor, t: int | Tensor, noise: Tensor | None = None) -> Tensor:
-        """One reparametrised step: x (B, ...), t int or (B,) -> x_{t+1} (B, ...); differentiable."""
-        t = as_step_index(t, x.shape[0], x.device, self.horizon)
-        noise = torch.randn_like(x) if noise is None else noise
-        return self.mean_model(x, t) + _per_sample(self.sigma, t, x) * noise
+        """One reparametrised step x_{t+1} = mean(x_t, t) + sigma_t noise, differentiable.
 
-    def log_prob(self, x_next: Tensor, x: Tensor, t: int | Tensor) -> Tensor:
-        """log pi(x_next | x) summed over the event dimensions, (B,)."""
-        t = as_step_index(t, x.shape[0], x.device, self.horizon)
-        log_sigma = self.log_sigma[t]
-        z = (x_next - self.mean_model(x, t)).flatten(1) / log_sigma.exp()[:, None]
-        d = z.shape[1]
-        return -0.5 * (z**2).sum(1) - d * log_sigma - 0.5 * d * math.log(2 * math.pi)
+        x (*batch, *event); t an int in 0..T-1 (the fast path) or a step index tensor (see
+        ``as_step_index``; t = T keeps x plus the last sigma's noise); noise defaults to N(0, I).
+        """
+        noise = torch.randn_like(x) if noise is None else noise
+        if isinstance(t, int) and 0 <= t < self.horizon and x.ndim == len(self.event_shape) + 1:
+            step = as_step_index(t, x.shape[0], x.device, self.horizon)
+            return self.mean_model(x, step) + _per_sample(self.sigma, step, x) * noise
+        mean, step = self._step(x, t)
+        return mean + _per_sample(self.sigma, step, mean) * noise
+
+    def dist(self, x: Tensor, t: int | Tensor) -> Independent:
+        """pi(. | x_t, t) as ``Independent(Normal(mean, sigma_t), len(event_shape))``: batch shape
+        *batch, event shape ``event_shape``; differentiable in the mean's and sigma's parameters.
+
+        t in 0..T; at t = T (the terminal state) the distribution is centred on x with the last sigma.
+        """
+        mean, step = self._step(x, t)
+        return Independent(Normal(mean, _per_sample(self.sigma, step, mean).expand_as(mean)), len(self.event_shape))
+
+    def log_prob(self, x_next: Tensor, x: Tensor, t: int | Tensor, reduction: str = "sum") -> Tensor:
+        """log pi(x_next | x, t) in float32, (*batch,): summed over the event dimensions (the log
+        density, ``reduction="sum"``) or averaged over them (``"mean"``, the per-dimension scale of
+        the MDP's costs). Equal to ``dist(x, t).log_prob(x_next)`` for "sum"."""
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        mean, step = self._step(x, t)
+        log_sigma = self.log_sigma[step]
+        z = (x_next.float() - mean.float()).flatten(x.ndim - len(self.event_shape)) / log_sigma.exp()[..., None]
+        d = z.shape[-1]
+        log_density = -0.5 * (z**2).sum(-1) - d * log_sigma - 0.5 * d * math.log(2 * math.pi)
+        return log_density if reduction == "sum" else log_density / d
 
     @torch.no_grad()
     def sample(self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
