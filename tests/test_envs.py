@@ -156,7 +156,7 @@ def test_gym_wrong_action_shape_is_a_value_error() -> None:
 
 def test_vector_env_rewards_are_mdp_step_rewards() -> None:
     mdp = make_mdp()
-    env = gymnasium.make_vec(ENV_ID, num_envs=4, mdp=mdp)
+    env = gymnasium.make_vec(ENV_ID, num_envs=4, mdp=mdp, autoreset_mode=AutoresetMode.DISABLED)
     assert isinstance(env, DiffusionMDPVectorEnv)
     assert env.metadata["autoreset_mode"] is AutoresetMode.DISABLED is env.autoreset_mode
     obs, _ = env.reset(seed=0)
