@@ -27,6 +27,8 @@ class ChainMDP(nn.Module):
 
     velocity_scale_init: (T,) initial s_t (usually the sampler's initial sigma_t).
     avr_decay: alpha of the adaptive velocity regularisation EMA, or None to keep s_t fixed.
+    start: the start distribution, a module ``start(batch, generator, device) -> x_0 (batch,
+    *event_shape)`` (saved with the MDP; e.g. ``diffrl.anomaly.AutoencoderStart``), or None: N(0, I).
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class ChainMDP(nn.Module):
         velocity_scale_init: Tensor,
         tau_velocity: float,
         avr_decay: float | None = 0.99,
+        start: nn.Module | None = None,
     ) -> None:
         super().__init__()
         scale = torch.as_tensor(velocity_scale_init, dtype=torch.float32)
@@ -50,6 +53,7 @@ class ChainMDP(nn.Module):
         self.horizon = scale.numel()
         self.tau_velocity = tau_velocity
         self.avr_decay = avr_decay
+        self.start = start
         self.register_buffer("velocity_scale_sq", scale**2)
         self.avr_reduce: Callable[[Tensor], Tensor] | None = None
         """Optional: maps AVR's batch statistic (T,) to its average over processes (diffrl.distributed)."""
@@ -60,8 +64,13 @@ class ChainMDP(nn.Module):
         return int(torch.Size(self.event_shape).numel())
 
     def reset(self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
-        """x_0 ~ N(0, I), (B, *event_shape)."""
+        """x_0 (B, *event_shape) from the start distribution: N(0, I) unless the MDP has a ``start``."""
         device = device or self.velocity_scale_sq.device
+        if self.start is not None:
+            x0 = self.start(batch, generator, device)
+            if tuple(x0.shape) != (batch, *self.event_shape):
+                raise ValueError(f"the start distribution returned shape {tuple(x0.shape)}, expected {(batch, *self.event_shape)}")
+            return x0
         return torch.randn((batch, *self.event_shape), generator=generator, device=device)
 
     def _flat_events(self, x: Tensor) -> Tensor:
