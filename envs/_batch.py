@@ -61,7 +61,8 @@ def _is_int(value: Any) -> bool:
 
 
 def spaces(mdp: ChainMDP, obs_mode: str, action_bound: float | None) -> tuple[gym.Space, gym.spaces.Box]:
-    """The single-chain observation and action spaces (see the module docstring)."""
+    """The single-chain observation and action spaces (see the module docstring); ValueError on bad options."""
+    check_options(obs_mode, action_bound)
     if obs_mode == "dict":
         x = gym.spaces.Box(-np.inf, np.inf, shape=mdp.event_shape, dtype=np.float32)
         observation: gym.Space = gym.spaces.Dict({"x": x, "t": gym.spaces.Discrete(mdp.horizon + 1)})
@@ -83,7 +84,7 @@ class Chains:
     """B chains of ``mdp`` (x (B, *event_shape), t (B,) long) on its device, with their generators."""
 
     def __init__(self, mdp: ChainMDP, batch: int, obs_mode: str = "dict", action_bound: float | None = None) -> None:
-        check_options(obs_mode, action_bound)
+        """obs_mode and action_bound as checked by ``spaces``."""
         self.mdp, self.batch, self.obs_mode = mdp, batch, obs_mode
         self.action_bound = None if action_bound is None else np.float32(action_bound)
         self.device = mdp.velocity_scale_sq.device

@@ -50,8 +50,8 @@ class DiffusionMDPTianshouEnv(BaseVectorEnv):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.mdp = default_mdp() if mdp is None else mdp
-        self._chains = Chains(self.mdp, num_envs, obs_mode, action_bound)
         observation_space, action_space = spaces(self.mdp, obs_mode, action_bound)
+        self._chains = Chains(self.mdp, num_envs, obs_mode, action_bound)
         self._env_attrs = {
             "observation_space": observation_space,
             "action_space": action_space,
