@@ -1,8 +1,16 @@
-"""DxDP's losses, shaped like ``torchrl.objectives.LossModule``: modules whose forward returns a dict
-of named terms, the optimised ones under ``loss_*`` keys (detached diagnostics beside them).
+"""DxDP's objective (spec section 4), each formula written once as a function of plain tensors.
 
-Plain tensors in and out rather than TensorDicts: the loss sits on the hot path of a 2D
-iteration, where TensorDict bookkeeping would cost more than the maths.
+Costs, lower is better (the spec's sign convention); V is a cost-to-go with V(x, T) = cost(x_T):
+
+    entropy bonus      h_t = tau_entropy log sigma_t                        (``entropy_bonus``)
+    TD target          target_t = V(x_{t+1}, t + 1) + tau_velocity v_t - h_t   (running costs, Algorithm 1)
+                       target_t = V(x_{t+1}, t + 1) + R(t)                      (time cost, Algorithm 2)
+    value loss         (V(x_t, t) - target_t)^2                             (``squared_td_error``)
+    sampler objective  V(x', t + 1) + tau_velocity v_t(x_t, x') - h_t,  x' ~ pi(. | x_t, t) reparametrised
+
+Two front ends call these functions: ``ValueTDLoss`` and ``SamplerLoss`` here (plain tensors in,
+dicts out: the fast path of ``DxDP.update``, where TensorDict bookkeeping would cost more than the
+maths) and the TorchRL ``LossModule``s of ``diffrl.agents.torchrl`` (TensorDicts in and out).
 """
 from __future__ import annotations
 
@@ -12,7 +20,9 @@ from torch import Tensor, nn
 from diffrl.mdp import ChainMDP
 from diffrl.policy import GaussianStepPolicy
 
-__all__ = ["soft_value", "time_cost", "ValueTDLoss", "SamplerLoss"]
+__all__ = [
+    "soft_value", "time_cost", "entropy_bonus", "td_target", "squared_td_error", "sampler_terms", "ValueTDLoss", "SamplerLoss",
+]
 
 
 def soft_value(value: nn.Module, mdp: ChainMDP, x: Tensor, t: Tensor) -> Tensor:
@@ -53,11 +63,57 @@ def time_cost(kind: str, horizon: int, scale: float = 1.0) -> Tensor | None:
     raise ValueError(f"unknown time cost {kind!r}; expected sigmoid, constant, none or running")
 
 
-class ValueTDLoss(nn.Module):
-    """Policy evaluation at step t: ``(V(x_t, t) - target_t)^2`` averaged over the batch.
+def entropy_bonus(log_sigma: Tensor, t: Tensor, tau_entropy: float) -> Tensor:
+    """h_t = tau_entropy log sigma_t, (*batch,), for log_sigma (T,) and t (*batch,) long in 0..T-1.
 
-    target_t = sg[V(x_{t+1}, t + 1)] + tau_velocity v_t - tau_entropy log sigma_t   (running costs)
-    target_t = sg[V(x_{t+1}, t + 1)] + R(t)                                          (time cost)
+    The max-entropy term of step t (the per-dimension Gaussian entropy up to a constant): subtracted
+    from costs, added to rewards. Differentiable in log_sigma.
+    """
+    return tau_entropy * log_sigma[t]
+
+
+def td_target(
+    mdp: ChainMDP, next_value: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor, tau_entropy: float,
+    fixed_time_cost: Tensor | None = None,
+) -> Tensor:
+    """target_t (*batch,) from next_value = V(x_{t+1}, t + 1) (*batch,) (give it without gradient);
+    x, x_next (*batch, *event), t (*batch,) long in 0..T-1, log_sigma (T,).
+
+    Running costs: next_value + tau_velocity v_t - h_t; with ``fixed_time_cost`` R (T,): next_value + R(t).
+    """
+    if fixed_time_cost is not None:
+        return next_value + fixed_time_cost[t]
+    return next_value + mdp.tau_velocity * mdp.velocity_cost(x, x_next, t) - entropy_bonus(log_sigma, t, tau_entropy)
+
+
+def squared_td_error(v: Tensor, target: Tensor) -> Tensor:
+    """(V(x_t, t) - target_t)^2 per transition, (*batch,)."""
+    return (v - target).pow(2)
+
+
+def sampler_terms(
+    mdp: ChainMDP, cost_to_go: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor, tau_entropy: float
+) -> dict[str, Tensor]:
+    """The sampler objective's named terms at states x (*batch, *event), steps t (*batch,) long and
+    reparametrised next states x_next, each (*batch,):
+
+        cost_to_go     V(x', t + 1) (given by the caller, with gradient through x')
+        velocity       v_t(x_t, x') (unweighted)
+        velocity_cost  tau_velocity v_t, the running cost
+        entropy_bonus  h_t = tau_entropy log sigma_t (log_sigma (T,) with gradient)
+        objective      cost_to_go + velocity_cost - entropy_bonus, to minimise
+    """
+    velocity = mdp.velocity_cost(x, x_next, t)
+    velocity_cost = mdp.tau_velocity * velocity
+    bonus = entropy_bonus(log_sigma, t, tau_entropy)
+    return {
+        "cost_to_go": cost_to_go, "velocity": velocity, "velocity_cost": velocity_cost, "entropy_bonus": bonus,
+        "objective": cost_to_go + velocity_cost - bonus,
+    }
+
+
+class ValueTDLoss(nn.Module):
+    """Policy evaluation at step t: ``mean (V(x_t, t) - target_t)^2`` (``td_target``), plain tensors.
 
     ``target_value`` (default: the value itself) scores x_{t+1}; a separate copy makes it a
     target network.
@@ -79,22 +135,18 @@ class ValueTDLoss(nn.Module):
     def td_target(self, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor) -> Tensor:
         """(B,) target, no gradient; t (B,) long, log_sigma (T,)."""
         with torch.no_grad():
-            target = soft_value(self.target_value, self.mdp, x_next, t + 1)
-            if self.fixed_time_cost is not None:
-                return target + self.fixed_time_cost[t]
-            velocity = self.mdp.velocity_cost(x, x_next, t)
-            return target + self.mdp.tau_velocity * velocity - self.tau_entropy * log_sigma[t]
+            next_value = soft_value(self.target_value, self.mdp, x_next, t + 1)
+            return td_target(self.mdp, next_value, x, x_next, t, log_sigma, self.tau_entropy, self.fixed_time_cost)
 
     def forward(self, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor) -> dict[str, Tensor]:
         target = self.td_target(x, x_next, t, log_sigma)
         v = self.value(x, t)
-        return {"loss_value": (v - target).pow(2).mean(), "value": v.mean().detach()}
+        return {"loss_value": squared_td_error(v, target).mean(), "value": v.mean().detach()}
 
 
 class SamplerLoss(nn.Module):
-    """Policy improvement on states x_t (B, ...) at steps t (B,): one reparametrised step x' and
-
-        loss = mean[ V(x', t + 1) + tau_velocity v_t(x_t, x') - tau_entropy log sigma_t ]
+    """Policy improvement on states x_t (B, ...) at steps t (B,): one reparametrised step x' and the
+    mean of ``sampler_terms``' objective, plain tensors.
 
     The gradient reaches the policy through V (no back-propagation through time); the value's
     parameters get gradient too, so step only the policy's optimiser on it.
@@ -107,12 +159,9 @@ class SamplerLoss(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
         x_next = self.policy(x, t)
         cost_to_go = soft_value(self.value, self.mdp, x_next, t + 1)
-        velocity = self.mdp.velocity_cost(x, x_next, t)
-        entropy = self.policy.log_sigma[t]
-        loss = cost_to_go + self.mdp.tau_velocity * velocity - self.tau_entropy * entropy
+        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, self.policy.log_sigma, self.tau_entropy)
         return {
-            "loss_sampler": loss.mean(),
-            "sampler_cost_to_go": cost_to_go.mean().detach(),
-            "sampler_velocity": velocity.mean().detach(),
+            "loss_sampler": terms["objective"].mean(),
+            "sampler_cost_to_go": terms["cost_to_go"].mean().detach(),
+            "sampler_velocity": terms["velocity"].mean().detach(),
         }
-
