@@ -127,6 +127,8 @@ class Chains:
     def reset(self, seed: Seed, index: Tensor | None = None) -> None:
         """Fresh x_0 ~ N(0, I), t = 0 for the chains in index (all when None), after ``seed(seed, index)``."""
         self.seed(seed, index)
+        if index is not None and len(index) == 0:
+            return
         if self.per_chain is None:
             x0 = self.mdp.reset(self.batch if index is None else len(index), generator=self.generator, device=self.device)
         else:
@@ -165,7 +167,7 @@ class Chains:
         {"x": (n, *event_shape) float32, "t": (n,) int64}; "flat": (n, D + 1) float32."""
         x, t = (self.x, self.t) if index is None else (self.x[index], self.t[index])
         if self.obs_mode == "dict":
-            return {"x": _numpy(x).astype(np.float32), "t": _numpy(t)}
+            return {"x": _numpy(x.float()), "t": _numpy(t)}
         return _numpy(torch.cat([x.flatten(1).float(), (t.float() / self.mdp.horizon)[:, None]], 1))
 
 

@@ -167,6 +167,10 @@ def test_render_none_and_point_frames_on_fixed_axes() -> None:
     first, second = frame[pixel((2.0, 2.0))].astype(int), frame[pixel((-2.0, 2.0))].astype(int)
     assert not is_blank(first) and second.sum() < first.sum(), "the chain so far, later steps darker"
     assert is_blank(frame[pixel((2.0, -2.0))])
+    collected = gymnasium.make(ENV_ID, render_mode="rgb_array_list")  # Gymnasium reads make_env.metadata to wrap
+    collected.reset(seed=0)
+    collected.step(np.zeros(2, np.float32))
+    assert [f.shape for f in collected.render()] == [(256, 256, 3)] * 2
 
 
 def test_image_frames_are_grids_of_the_samples_mapped_to_uint8() -> None:

@@ -2,7 +2,8 @@
 
 ``load_config("8gaussians", ["train.dxdp.tau_entropy=0.01"])`` -> ExperimentConfig. Unknown keys,
 unknown presets and bad values fail here, before any work starts. The sections compose the
-library's own option classes (``train.dxdp`` is ``DxDPConfig``, ``train.loop`` is ``LoopConfig``),
+library's own option classes (``train.dxdp`` is ``DxDPConfig``, ``train.reinforce`` ``ReinforceConfig``,
+``train.ppo`` ``PPOConfig``, ``train.loop`` ``LoopConfig``),
 so every option of the agent and the loop is a dotted override and nothing is copied by hand.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..agents.dxdp import DxDPConfig
+from ..agents.ppo import PPOConfig
+from ..agents.reinforce import ReinforceConfig
 from ..loop import LoopConfig
 from ..nets import ACTIVATIONS
 
@@ -80,7 +83,8 @@ class TrainConfig:
     """Run folder of a pretrained teacher (images also: a diffusers folder or a hub id); None trains
     from scratch (same sampler, random weights; point data only)."""
     agent: str = "dxdp"
-    """The RL algorithm: dxdp, or MODULE:FACTORY with FACTORY(policy, mdp, config) -> Agent."""
+    """The RL algorithm: dxdp, reinforce, ppo (each reads its section below), or MODULE:FACTORY with
+    FACTORY(policy, mdp, config) -> Agent."""
     reward: str = "energy"
     """The reward: energy (a learnable EBM: DxMI), or MODULE:FACTORY with FACTORY(event_shape, config) -> RewardModel."""
     tau_velocity: float = 0.1
@@ -111,6 +115,12 @@ class TrainConfig:
     (docs/results.md, "Second round")."""
     dxdp: DxDPConfig = field(default_factory=_dxdp_defaults)
     """DxDP's options (diffrl.agents.DxDPConfig): tau_entropy, learning rates, clips, value target."""
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
+    """REINFORCE's options (diffrl.agents.ReinforceConfig), used with agent=reinforce: tau_entropy, learning
+    rates, baseline, clips. Its critic (baseline=value) is an MLP of ``net``'s sizes (diffrl.app.pipeline.pg_critic)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO's options (diffrl.agents.PPOConfig), used with agent=ppo: tau_entropy, learning rates, clip, epochs,
+    minibatch_size, gae_lambda, baseline, clips."""
     loop: LoopConfig = field(default_factory=_loop_defaults)
     """The training loop (diffrl.loop.LoopConfig): steps and the logging, evaluation and checkpoint intervals."""
 

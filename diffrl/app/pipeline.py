@@ -3,8 +3,8 @@ finished run (``from_run``), sample and evaluate.
 
 A DxMI run is composed, not hard-wired: the task's data and teacher, the teacher's T-step
 sampler, a reward (``train.reward``: the task's energy, or ``FACTORY(event_shape, config) ->
-RewardModel``), the chain MDP, an agent (``train.agent``: DxDP, or ``FACTORY(policy, mdp, config)
--> Agent``) and the DxMI loop. Factories given as Python callables are recorded as
+RewardModel``), the chain MDP, an agent (``train.agent``: dxdp, reinforce, ppo, or ``FACTORY(policy,
+mdp, config) -> Agent``) and the DxMI loop. Factories given as Python callables are recorded as
 ``module:name`` in config.yaml when they can be imported back, so a run resumes and restores
 from its folder alone.
 
@@ -32,12 +32,15 @@ from torch import Tensor, nn
 
 from ..agent import Agent
 from ..agents.dxdp import DxDP
+from ..agents.ppo import PPO
+from ..agents.reinforce import Reinforce
 from ..checkpoint import CorruptFileError
 from ..ddpm import DDPM
 from ..distributed import Dist, distribute, init_processes, rank0_first, rank_seed, rng_state, set_rng_state
 from ..dxmi import DxMI
 from ..loop import LoopConfig, fit
 from ..mdp import ChainMDP
+from ..nets import TimeMLP
 from ..policy import GaussianStepPolicy
 from ..rewards import RewardModel
 from ..run import RunDir
@@ -45,7 +48,7 @@ from ..sampling import ddim_sample, value_guided_sample
 from .config import ExperimentConfig, from_yaml, to_yaml
 from .tasks import DEFAULT_THREADS, Task, make_task
 
-__all__ = ["AgentFactory", "RewardFactory", "Run", "TeacherTrainer", "compose", "settings_of", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
+__all__ = ["AgentFactory", "RewardFactory", "Run", "TeacherTrainer", "compose", "settings_of", "pg_critic", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
 
 AgentFactory = Callable[[GaussianStepPolicy, ChainMDP, ExperimentConfig], Agent]
 """agent_factory(policy, mdp, config) -> Agent: anything with policy, act, update(chain), training_state."""
@@ -137,12 +140,53 @@ def dxdp_agent(policy: GaussianStepPolicy, mdp: ChainMDP, config: ExperimentConf
     return DxDP(policy, value.to(mdp.velocity_scale_sq.device), mdp, config.train.dxdp, value_optimizer=value_optimizer)
 
 
+class _FlatCritic(nn.Module):
+    """V(x (N, *event), t (N,)) = net(x flattened to (N, D), t): an MLP critic for samples of any shape."""
+
+    def __init__(self, net: nn.Module, event_ndim: int) -> None:
+        super().__init__()
+        self.net, self.event_ndim = net, event_ndim
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(x.flatten(x.ndim - self.event_ndim), t)
+
+
+def pg_critic(mdp: ChainMDP, config: ExperimentConfig) -> nn.Module:
+    """The critic V(x_t, t) of the policy-gradient agents (baseline=value), on the MDP's device: a TimeMLP
+    of ``net``'s sizes, as the point task's DxDP value, over the D numbers of a sample. Point data: that
+    value's architecture (its own weights even when the energy shares DxDP's value: a critic predicts a
+    reward-to-go, not the energy). Images: the same MLP over the flattened pixels, a cheap critic (its
+    quality only sets the variance; with gae_lambda = 1 the gradient is unbiased whatever it is): the
+    image energy network is not time-conditioned, and a second network of its size would double an
+    iteration's cost. Sign: a return, higher is better. Its initial weights come from ``config.seed``
+    alone, so every process of a distributed run starts from the same critic (``distribute``
+    broadcasts the policy, not this)."""
+    n = config.net
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        mlp = TimeMLP(mdp.dim, 1, hidden=n.hidden, depth=n.depth, time_dim=n.time_dim)
+    critic = mlp if len(mdp.event_shape) == 1 else _FlatCritic(mlp, len(mdp.event_shape))
+    return critic.to(mdp.velocity_scale_sq.device)
+
+
+def reinforce_agent(policy: GaussianStepPolicy, mdp: ChainMDP, config: ExperimentConfig) -> Reinforce:
+    """REINFORCE with ``train.reinforce``; its critic (baseline=value) is ``pg_critic``."""
+    c = config.train.reinforce
+    return Reinforce(policy, mdp, c, pg_critic(mdp, config) if c.baseline == "value" else None)
+
+
+def ppo_agent(policy: GaussianStepPolicy, mdp: ChainMDP, config: ExperimentConfig) -> PPO:
+    """PPO with ``train.ppo``; its critic (baseline=value) is ``pg_critic``."""
+    c = config.train.ppo
+    return PPO(policy, mdp, c, pg_critic(mdp, config) if c.baseline == "value" else None)
+
+
 def energy_reward(event_shape: tuple, config: ExperimentConfig) -> RewardModel:
     """The builtin reward: the task's learnable energy (DxMI's inverse RL)."""
     return make_task(config, load=False).energy_reward(tuple(event_shape))
 
 
-AGENTS: dict[str, AgentFactory] = {"dxdp": dxdp_agent}
+AGENTS: dict[str, AgentFactory] = {"dxdp": dxdp_agent, "reinforce": reinforce_agent, "ppo": ppo_agent}
 REWARDS: dict[str, RewardFactory] = {"energy": energy_reward}
 
 
