@@ -125,7 +125,7 @@ class Chains:
                 self.per_chain[i].manual_seed(int(s))
 
     def reset(self, seed: Seed, index: Tensor | None = None) -> None:
-        """Fresh x_0 ~ N(0, I), t = 0 for the chains in index (all when None), after ``seed(seed, index)``."""
+        """Fresh x_0 = ``mdp.reset`` (N(0, I) by default), t = 0 for the chains in index (all when None), after ``seed(seed, index)``."""
         self.seed(seed, index)
         if index is not None and len(index) == 0:
             return

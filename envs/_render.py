@@ -15,7 +15,7 @@ RENDER_MODES = ["rgb_array"]
 RENDER_FPS = 4
 POINT_LIMIT = 4.0
 """Scatter axes span [-POINT_LIMIT, POINT_LIMIT] in both coordinates, fixed so frames line up in a
-video: x_0 ~ N(0, I) lies inside with probability > 0.9999 per coordinate."""
+video: a default x_0 ~ N(0, I) lies inside with probability > 0.9999 per coordinate."""
 FRAME_PIXELS = 256
 
 

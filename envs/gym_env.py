@@ -73,7 +73,7 @@ class DiffusionMDP(gym.Env[Any, np.ndarray]):
         self._episode: list[Tensor] = []  # x_0..x_t of this episode, for render()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        """x_0 ~ N(0, I), t = 0; ``seed`` (an int) reseeds the env's torch generator."""
+        """x_0 = ``mdp.reset`` (N(0, I) by default), t = 0; ``seed`` (an int) reseeds the env's torch generator."""
         if seed is not None and not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         super().reset(seed=seed)
@@ -162,7 +162,7 @@ class DiffusionMDPVectorEnv(VectorEnv[Any, np.ndarray, np.ndarray]):
         self._needs_reset = np.zeros(num_envs, dtype=np.bool_)  # NEXT_STEP: chains that ended on the last step
 
     def reset(self, *, seed: Seed = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        """x_0 ~ N(0, I), t = 0 for all chains, or those in ``options["reset_mask"]`` (B,) bool;
+        """Fresh x_0 (``mdp.reset``), t = 0 for all chains, or those in ``options["reset_mask"]`` (B,) bool;
         seed: None, an int, or a list of B seeds (with a mask, only the masked chains' are used)."""
         check_seed(seed, self.num_envs)
         super().reset(seed=seed if isinstance(seed, (int, np.integer)) else None)

@@ -77,7 +77,7 @@ class DiffusionMDPTianshouEnv(BaseVectorEnv):
         raise NotImplementedError(f"{type(self).__name__} has no per-env objects to set {key!r} on; its chains share one mdp")
 
     def reset(self, env_id: int | list[int] | np.ndarray | None = None, seed: Seed = None) -> tuple[Any, np.ndarray]:
-        """Fresh x_0 ~ N(0, I), t = 0 for the chains env_id (all when None) -> (obs (n, ...), info (n,) of {})."""
+        """Fresh x_0 (``mdp.reset``), t = 0 for the chains env_id (all when None) -> (obs (n, ...), info (n,) of {})."""
         self._assert_is_not_closed()
         index = self._chains.index(env_id)
         self._chains.reset(seed, index)
