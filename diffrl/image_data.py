@@ -34,6 +34,7 @@ class ImageData:
     test: Tensor
     train_labels: Tensor | None = None
     test_labels: Tensor | None = None
+    val_labels: Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,7 +64,7 @@ def load_digits_images() -> ImageData:
     idx = np.arange(len(labels))
     rest, test = train_test_split(idx, test_size=360, stratify=labels.numpy(), random_state=SPLIT_SEED)
     train, val = train_test_split(rest, test_size=180, stratify=labels.numpy()[rest], random_state=SPLIT_SEED)
-    return ImageData(images[train], images[val], images[test], labels[train], labels[test])
+    return ImageData(images[train], images[val], images[test], labels[train], labels[test], labels[val])
 
 
 def read_image_array(path: str | Path) -> Tensor:

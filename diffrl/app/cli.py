@@ -7,6 +7,8 @@
     diffrl sample   runs/teacher --n 10000 --steps 1000 --out teacher1000.npy
     diffrl evaluate runs/dxmi --which last --guidance 0.3 --split val
     diffrl config   --show digits
+    diffrl train    --preset digits-anomaly --out runs/anomaly3 data.holdout=3
+    diffrl score    runs/anomaly3 --data features.npy --map-size 224
 
 Every bad input ends in one line on stderr and exit code 2, before any work starts. Nothing
 here imports torch until a job runs, so ``--help`` is instant.
@@ -83,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--split", choices=["val", "test"], default="test", help="score against this split (choose settings such as --guidance on val)")
     job.add_argument("--data", default=None, help="point runs: score against another .npy array of the same D")
 
+    job = jobs.add_parser("score", help="anomaly runs: energies of new data (higher = more anomalous) into a .npy file")
+    job.add_argument("run", help="a run folder of task anomaly")
+    job.add_argument("--data", required=True, help="a float .npy array in the training data's units: vectors (N, C) or feature maps (N, C, H, W)")
+    job.add_argument("--out", default=None, help="output .npy of the (N,) scores (default: RUN/scores_<data name>.npy); maps go to <out>_maps.npy")
+    job.add_argument("--which", choices=["best", "last"], default="best", help="the model kept by the run, or the final training state")
+    job.add_argument("--map-size", type=_number(int, 1, "--map-size"), default=None,
+                     help="feature maps: upsample the (H, W) energy maps bilinearly to this square size (localisation)")
+    job.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
     job = jobs.add_parser("config", help="print a preset's resolved config (every field, with overrides applied)")
     job.add_argument("--show", metavar="PRESET", default=None, help=f"a preset ({', '.join(_presets())}) or a YAML file; default: the defaults")
     return parser
@@ -144,6 +155,10 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> dict | None:
         result = job(config, args.out, resume=args.resume, progress=progress, overrides=overrides)
         return {"run": args.out, **result}
     _threads_of(args.run)
+    if args.job == "score":
+        from .tasks.anomaly import score_file
+
+        return score_file(args.run, args.data, args.out, args.force, args.which, args.map_size)
     if args.job == "sample":
         out = Path(args.out) if args.out else Path(args.run) / _sample_name(args)
         if out.suffix != ".npy":

@@ -24,11 +24,11 @@ from ..loop import LoopConfig
 from ..nets import ACTIVATIONS
 
 __all__ = [
-    "DataConfig", "NetConfig", "PretrainConfig", "TrainConfig", "ImageConfig", "ExperimentConfig", "TASKS",
+    "DataConfig", "NetConfig", "PretrainConfig", "TrainConfig", "ImageConfig", "AnomalyConfig", "ExperimentConfig", "TASKS",
     "load_config", "available_presets", "to_yaml", "from_yaml", "apply_resume_overrides", "resolve_task",
 ]
 
-TASKS = ("points", "images")
+TASKS = ("points", "images", "anomaly")
 
 
 @dataclass
@@ -44,6 +44,8 @@ class DataConfig:
     normalize: str = "standardize"
     outlier_box: Optional[float] = 4.0
     """AUC outliers are uniform on [-box, box]^D in data units; None: the data's bounding box, 10% wider."""
+    holdout: Optional[int] = None
+    """task anomaly on digits: the class (0-9) held out of training and scored as the anomaly."""
 
 
 @dataclass
@@ -175,12 +177,56 @@ class ImageConfig:
 
 
 @dataclass
+class AnomalyConfig:
+    """task anomaly (diffrl.app.tasks.anomaly): the autoencoder energy, its pretraining, the chain's
+    start x_0 = decode(encode(x) + start_noise * eps), and the Langevin baseline (train.agent=langevin)."""
+
+    latent: int = 16
+    ae_hidden: int = 256
+    ae_depth: int = 2
+    """Hidden layers of the encoder and of the decoder."""
+    ae_activation: str = "silu"
+    temperature: float = 1.0
+    """E(x) = mean_d (x - x_rec)^2 / temperature."""
+    ae_steps: int = 2000
+    """Autoencoder pretraining steps (cached under data.root/anomaly_ae; 0: a random energy)."""
+    ae_lr: float = 1.0e-3
+    ae_batch: int = 128
+    start_noise: float = 0.5
+    """Std of the latent perturbation of the start distribution."""
+    sigma: float = 0.1
+    """Initial sigma_t of every step of the DxMI sampler (mean x + MLP(x, t))."""
+    langevin_step: float = 0.01
+    langevin_noise: Optional[float] = None
+    """Noise std of a Langevin step; None: sqrt(2 langevin_step) (exact unadjusted Langevin)."""
+    replay: int = 0
+    """Langevin baseline: capacity of a replay buffer of negatives (0: every chain starts afresh)."""
+    replay_reinit: float = 0.05
+
+    def validate(self) -> None:
+        checks = [
+            (min(self.latent, self.ae_hidden, self.ae_depth, self.ae_batch) >= 1, "anomaly.latent, ae_hidden, ae_depth and ae_batch must be >= 1"),
+            (self.ae_activation in ACTIVATIONS, f"anomaly.ae_activation must be one of {', '.join(ACTIVATIONS)}, got {self.ae_activation!r}"),
+            (self.temperature > 0, f"anomaly.temperature must be > 0, got {self.temperature}"),
+            (self.ae_steps >= 0 and self.ae_lr >= 0, "anomaly.ae_steps and anomaly.ae_lr must be >= 0"),
+            (self.start_noise >= 0, f"anomaly.start_noise must be >= 0, got {self.start_noise}"),
+            (self.sigma > 0 and self.langevin_step > 0, "anomaly.sigma and anomaly.langevin_step must be > 0"),
+            (self.langevin_noise is None or self.langevin_noise > 0, f"anomaly.langevin_noise must be > 0 or null, got {self.langevin_noise}"),
+            (self.replay >= 0 and 0 <= self.replay_reinit <= 1, "anomaly.replay must be >= 0 and anomaly.replay_reinit in [0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     net: NetConfig = field(default_factory=NetConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     task: Optional[str] = None
     """points or images; None: images for digits, cifar10 and image files or folders, points otherwise.
     Resolved when the config is loaded and recorded in the run's config.yaml."""
@@ -233,6 +279,9 @@ class ExperimentConfig:
             if not ok:
                 raise ValueError(message)
         self.image.validate()
+        self.anomaly.validate()
+        if d.holdout is not None and (self.task != "anomaly" or d.name != "digits" or not 0 <= d.holdout <= 9):
+            raise ValueError(f"data.holdout is a digit class 0-9 held out of task anomaly on digits, got {d.holdout} (task {self.task}, data {d.name})")
 
 
 def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:

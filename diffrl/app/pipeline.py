@@ -41,12 +41,13 @@ from ..dxmi import DxMI
 from ..loop import LoopConfig, fit
 from ..mdp import ChainMDP
 from ..nets import TimeMLP
-from ..policy import GaussianStepPolicy
+from ..policy import GaussianStepPolicy, rollout
 from ..rewards import RewardModel
 from ..run import RunDir
 from ..sampling import ddim_sample, value_guided_sample
 from .config import ExperimentConfig, from_yaml, to_yaml
 from .tasks import DEFAULT_THREADS, Task, make_task
+from .tasks.anomaly import langevin_agent
 
 __all__ = ["AgentFactory", "RewardFactory", "Run", "TeacherTrainer", "compose", "settings_of", "pg_critic", "pretrain", "train", "from_run", "sample", "evaluate", "open_run", "resolve_factory"]
 
@@ -188,6 +189,7 @@ def energy_reward(event_shape: tuple, config: ExperimentConfig) -> RewardModel:
 
 AGENTS: dict[str, AgentFactory] = {"dxdp": dxdp_agent, "reinforce": reinforce_agent, "ppo": ppo_agent}
 REWARDS: dict[str, RewardFactory] = {"energy": energy_reward}
+AGENTS["langevin"] = langevin_agent  # contrastive divergence's short-run MCMC (task anomaly's baseline)
 
 
 # ---------------------------------------------------------------- composition
@@ -212,14 +214,15 @@ class Composition:
 
 def compose(config: ExperimentConfig, task: Task, teacher: DDPM, device: torch.device,
             agent: AgentFactory | None = None, reward: RewardFactory | None = None) -> Composition:
-    """Sampler (the teacher's T-step chain), reward, MDP and agent, in that order, on ``device``;
-    the factories are ``agent`` / ``reward`` when given, else those ``train.agent`` / ``train.reward`` name."""
+    """Sampler (``task.step_policy``: the teacher's T-step chain), reward, MDP (from ``task.start``) and
+    agent, in that order, on ``device``; the factories are ``agent`` / ``reward`` when given, else
+    those ``train.agent`` / ``train.reward`` name."""
     t = config.train
-    policy = teacher.step_policy(t.horizon, task.event_shape, kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
+    policy = task.step_policy(teacher)
     reward = (reward or resolve_factory(t.reward, REWARDS))(task.event_shape, config)
     if not isinstance(reward, RewardModel):
         raise TypeError(f"the reward factory {t.reward!r} returned {type(reward).__name__}, not a diffrl.rewards.RewardModel")
-    mdp = ChainMDP(reward, task.event_shape, policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay)
+    mdp = ChainMDP(reward, task.event_shape, policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay, start=task.start())
     policy.to(device)
     mdp.to(device)
     agent = (agent or resolve_factory(t.agent, AGENTS))(policy, mdp, config)
@@ -429,7 +432,7 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
         run = _run_dir(out, config, True, from_checkpoint, readonly=True)
 
     def evaluate_dxmi() -> dict[str, float]:
-        draw = _policy_draw(dxmi.sampling_policy, ctx.device)
+        draw = _policy_draw(dxmi.sampling_policy, ctx.device, mdp=c.mdp)
         with autocast(config, ctx.device):
             metrics, samples = task.evaluate(draw, task.eval_samples, config.seed, "val", dxmi.evaluation_energy, ctx.device)
         task.on_evaluation(run, samples)
@@ -456,7 +459,7 @@ def train(config: ExperimentConfig | None, out: str | Path, agent: AgentFactory 
         selected = run.load_model()
         best = copy.deepcopy(dxmi.sampling_policy)
         best.load_state_dict(selected["policy"])
-        samples = task.draw(_policy_draw(best, ctx.device), task.output_samples, config.seed + 1, ctx.device)
+        samples = task.draw(_policy_draw(best, ctx.device, mdp=c.mdp), task.output_samples, config.seed + 1, ctx.device)
         title = f"{t.horizon}-step samples of the selected model (step {selected['step']})"
         task.save_outputs(run.path, samples, title, task.cost_to_go(c.value, dxmi.evaluation_energy))
     return result
@@ -490,8 +493,18 @@ def settings_of(path: str | Path, *sections: str) -> list[str]:
     return out
 
 
-def _policy_draw(policy: GaussianStepPolicy, device: torch.device, cost_to_go=None, guidance: float = 0.0):
-    """draw(batch, generator) -> final samples of ``policy``, value-guided with strength ``guidance``."""
+def _policy_draw(policy: GaussianStepPolicy, device: torch.device, cost_to_go=None, guidance: float = 0.0, mdp: ChainMDP | None = None):
+    """draw(batch, generator) -> final samples of ``policy``, value-guided with strength ``guidance``;
+    chains start from ``mdp``'s start distribution when it has one (else N(0, I))."""
+    if mdp is not None and mdp.start is not None:
+        if guidance:
+            raise ValueError("value guidance starts its chains from N(0, I); this run has a start distribution of its own")
+
+        def draw(b: int, g: torch.Generator) -> Tensor:
+            with torch.no_grad():
+                return rollout(policy, mdp.reset(b, g, device), policy.horizon, g)[-1]
+
+        return draw
     if guidance:
         return lambda b, g: value_guided_sample(policy, cost_to_go, b, guidance, g, device)[-1]
     return lambda b, g: policy.sample(b, generator=g, device=device)[-1]
@@ -538,7 +551,7 @@ class Run:
         if self.schedule == "ddim":
             chain = self.teacher.schedule(self.policy.horizon, "strided")
             return lambda b, g: ddim_sample(self.teacher.eps_model, chain, b, self.task.event_shape, g, self.device)[-1]
-        return _policy_draw(self.policy, self.device, self.cost_to_go, guidance)
+        return _policy_draw(self.policy, self.device, self.cost_to_go, guidance, self.mdp)
 
     def sample(self, n: int, seed: int = 0, guidance: float = 0.0) -> Tensor:
         """n final samples (n, *event_shape) in model units (``task.to_output`` maps them back)."""

@@ -1,4 +1,4 @@
-"""The tasks of the run pipeline: point data and images (``Task`` says what a task provides)."""
+"""The tasks of the run pipeline: point data, images and anomaly detection (``Task`` says what a task provides)."""
 from __future__ import annotations
 
 from ...distributed import Dist
@@ -7,7 +7,7 @@ from .base import CostToGo, Draw, Task
 
 __all__ = ["Task", "CostToGo", "Draw", "make_task", "DEFAULT_THREADS"]
 
-DEFAULT_THREADS: dict[str, int | None] = {"points": 1, "images": None}
+DEFAULT_THREADS: dict[str, int | None] = {"points": 1, "images": None, "anomaly": 1}
 """torch threads per task when ``threads`` is null (None: torch's default, all cores). Measured on
 a 2-core CPU (benchmarks/threads.py, docs/results/threads.json), seconds per DxMI iteration at 1 / 2
 threads: points 0.064 / 0.050 alone but 0.085 / 0.120 next to another busy process; digits images
@@ -26,4 +26,8 @@ def make_task(config: ExperimentConfig, ctx: Dist | None = None, load: bool = Tr
         from .images import ImagesTask
 
         return ImagesTask(config, ctx=ctx, load=load)
-    raise ValueError(f"unknown task {config.task!r}; expected points or images")
+    if config.task == "anomaly":
+        from .anomaly import AnomalyTask
+
+        return AnomalyTask(config, load=load)
+    raise ValueError(f"unknown task {config.task!r}; expected points, images or anomaly")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ...data import BatchSampler
 from ...ddpm import DDPM
+from ...policy import GaussianStepPolicy
 from ...rewards import RewardModel
 from ...run import RunDir
 from ..config import ExperimentConfig
@@ -96,6 +97,15 @@ class Task(ABC):
         """Extra files of a finished teacher run (images: a diffusers folder)."""
 
     # ------------------------------------------------------------ default models
+
+    def step_policy(self, teacher: DDPM) -> GaussianStepPolicy:
+        """The T-step sampler DxMI trains: the teacher's chain (``train.schedule``, ``last_sigma``, ``fix_last``)."""
+        t = self.config.train
+        return teacher.step_policy(t.horizon, self.event_shape, kind=t.schedule, last_sigma=t.last_sigma, fix_last=t.fix_last)
+
+    def start(self) -> nn.Module | None:
+        """The chain's start distribution, ``start(batch, generator, device) -> x_0``; None: N(0, I)."""
+        return None
 
     @property
     def energy_lr(self) -> float:
