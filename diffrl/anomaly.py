@@ -243,7 +243,7 @@ class LangevinAgent:
 @torch.no_grad()
 def energies(energy: nn.Module, x: Tensor, chunk: int = 4096) -> Tensor:
     """E of every row of x (N, D) -> (N,) on the CPU, ``chunk`` rows at a time on the energy's device."""
-    device = next(energy.parameters()).device
+    device = next(energy.parameters(), torch.empty(0)).device
     return torch.cat([energy(x[i : i + chunk].to(device)).float().cpu() for i in range(0, x.shape[0], chunk)])
 
 
