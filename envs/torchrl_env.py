@@ -4,14 +4,21 @@ Keys: observation "x" (B, *event_shape) float32 and "t" (B, 1) int64, the step i
 indexes ``ChainMDP``'s per-step tensors directly, like the step policy's t); action "action" =
 x_{t+1} (B, *event_shape); ("next", "reward") (B, 1) = ``ChainMDP.step_reward`` (higher is
 better: minus tau_velocity times the velocity cost, minus cost(x_T) on the last step); "done" =
-"terminated" (B, 1) once t reaches T. All randomness comes from the global torch RNG.
+"terminated" (B, 1) once t reaches T.
+
+Randomness: the env draws x_0 from its own ``generator`` (``set_seed`` seeds it; the global torch
+RNG is never touched after construction). ``step_policy_module(policy, env.generator)`` draws each
+step's noise from the same generator, in the order ``GaussianStepPolicy.sample`` does, so after
+``env.set_seed(s)`` the rollout ``env.rollout(T, step_policy_module(policy, env.generator))``
+equals ``policy.sample(B, generator=torch.Generator().manual_seed(s))`` bitwise. The same holds
+for ``diffrl.agents.torchrl.probabilistic_actor(policy, generator=env.generator)``.
 """
 from __future__ import annotations
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule
-from torch import Tensor, nn
+from tensordict.nn import TensorDictModuleBase
+from torch import Tensor
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
@@ -20,23 +27,25 @@ from diffrl.policy import GaussianStepPolicy
 
 from ._chain import advance
 
-__all__ = ["DiffusionMDPEnv", "step_policy_module"]
+__all__ = ["DiffusionMDPEnv", "StepPolicyModule", "step_policy_module"]
 
 
 class DiffusionMDPEnv(EnvBase):
     """B chains of ``mdp`` on its device, ``batch_size=[B]``; stateless: a step reads "x" and "t".
 
-    Reset draws x_0 ~ N(0, I) through ``mdp.reset`` from the global RNG (``set_seed(s)`` is
-    ``torch.manual_seed(s)``), exactly as ``GaussianStepPolicy.sample`` does, so a rollout with
-    ``step_policy_module(policy)`` reproduces ``policy.sample(B)`` under the same seed.
+    seed: of the env's own ``generator`` (x_0 ~ N(0, I) at reset); None takes one draw of the
+    global RNG at construction (so ``torch.manual_seed`` before building still reproduces runs).
     """
 
-    def __init__(self, mdp: ChainMDP, batch_size: int) -> None:
+    def __init__(self, mdp: ChainMDP, batch_size: int, seed: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         device = mdp.velocity_scale_sq.device
-        super().__init__(device=device, batch_size=torch.Size([batch_size]))
+        # _reset never returns a done chain: allow_done_after_reset skips TorchRL's per-key check of that
+        super().__init__(device=device, batch_size=torch.Size([batch_size]), allow_done_after_reset=True)
         self.mdp = mdp
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
         B, event, T = batch_size, mdp.event_shape, mdp.horizon
         self.observation_spec = Composite(
             x=Unbounded(shape=(B, *event), dtype=torch.float32, device=device),
@@ -51,56 +60,65 @@ class DiffusionMDPEnv(EnvBase):
             shape=(B,),
         )
 
+    def _output(self, values: dict[str, Tensor]) -> TensorDictBase:
+        """A TensorDict of the env's batch size and device without per-entry validation (as TorchRL's own
+        gym and brax envs build theirs): every entry here is made with the right shape, dtype and device."""
+        return TensorDict._new_unsafe(values, batch_size=self.batch_size, device=self.device)
+
     def _reset(self, tensordict: TensorDictBase | None, **kwargs) -> TensorDictBase:
-        """Fresh chains for the whole batch: x_0 ~ N(0, I), t = 0 (TorchRL keeps the rows a partial "_reset" leaves alone)."""
+        """Fresh chains for the whole batch: x_0 ~ N(0, I) from ``generator``, t = 0 (TorchRL keeps the rows a partial "_reset" leaves alone)."""
         B = self.batch_size[0]
         not_done = torch.zeros((B, 1), dtype=torch.bool, device=self.device)
-        return TensorDict(
-            x=self.mdp.reset(B, device=self.device),
-            t=torch.zeros((B, 1), dtype=torch.int64, device=self.device),
-            done=not_done,
-            terminated=not_done.clone(),
-            batch_size=self.batch_size,
-            device=self.device,
-        )
+        return self._output({
+            "x": self.mdp.reset(B, generator=self.generator, device=self.device),
+            "t": torch.zeros((B, 1), dtype=torch.int64, device=self.device),
+            "done": not_done,
+            "terminated": not_done.clone(),
+        })
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         """(x_t, t, action = x_{t+1}) -> next x, t + 1, reward (B, 1), done = terminated (B, 1)."""
         x_next, t_next, reward, terminated = advance(
-            self.mdp, tensordict["x"], tensordict["t"].squeeze(-1), tensordict["action"]
+            self.mdp, tensordict.get("x"), tensordict.get("t").squeeze(-1), tensordict.get("action")
         )
-        return TensorDict(
-            x=x_next,
-            t=t_next.unsqueeze(-1),
-            reward=reward.unsqueeze(-1),
-            done=terminated.unsqueeze(-1),
-            terminated=terminated.unsqueeze(-1),
-            batch_size=self.batch_size,
-            device=self.device,
-        )
+        done = terminated.unsqueeze(-1)
+        return self._output({"x": x_next, "t": t_next.unsqueeze(-1), "reward": reward.unsqueeze(-1), "done": done, "terminated": done.clone()})
 
     def _set_seed(self, seed: int | None) -> None:
-        """Seeds the global torch RNG, the only source of randomness here (and of the step policy's noise)."""
+        """Seeds the env's own ``generator`` (x_0 at reset); the global torch RNG is left alone."""
         if seed is not None:
-            torch.manual_seed(seed)
+            self.generator.manual_seed(seed)
 
 
-class _StepActor(nn.Module):
-    """(x (B, *event_shape), t (B, 1) long) -> x_{t+1} = policy(x, t) with fresh global-RNG noise, no grad."""
+class StepPolicyModule(TensorDictModuleBase):
+    """A TorchRL policy: reads "x" (B, *event_shape) and "t" (B, 1) long, writes "action" = x_{t+1} =
+    policy(x, t, noise) with noise ~ N(0, I) from ``generator`` (None: the global RNG), without gradient.
 
-    def __init__(self, policy: GaussianStepPolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self.policy(x, t.squeeze(-1))
-
-
-def step_policy_module(policy: GaussianStepPolicy) -> TensorDictModule:
-    """A TorchRL policy reading "x", "t" and writing "action" = x_{t+1} ~ policy(. | x_t, t).
-
-    The noise is one ``torch.randn`` per step, drawn at the step like ``GaussianStepPolicy.sample``;
-    actions carry no gradient (losses recompute ``policy.log_prob`` or the mean from the stored data).
+    One ``torch.randn`` per step, drawn at the step like ``GaussianStepPolicy.sample``: give it the
+    env's ``generator`` to reproduce ``policy.sample`` (module docstring). Losses recompute
+    ``policy.log_prob`` or the mean from the stored data. A plain TensorDictModuleBase (no key
+    dispatch) because it runs once per step of every rollout.
     """
-    return TensorDictModule(_StepActor(policy), in_keys=["x", "t"], out_keys=["action"])
+
+    in_keys = ["x", "t"]
+    out_keys = ["action"]
+
+    def __init__(self, policy: GaussianStepPolicy, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.policy, self.generator = policy, generator
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        x, step = tensordict.get("x"), tensordict.get("t").squeeze(-1)
+        noise = torch.randn(x.shape, generator=self.generator, device=x.device)
+        first = int(step[0])
+        if first < self.policy.horizon and bool((step == first).all()):
+            step = first  # the chains move in lockstep: the policy's int fast path (same numbers, fewer ops)
+        with torch.no_grad():
+            tensordict.set("action", self.policy(x, step, noise))
+        return tensordict
+
+
+def step_policy_module(policy: GaussianStepPolicy, generator: torch.Generator | None = None) -> StepPolicyModule:
+    """``StepPolicyModule(policy, generator)``: the step policy as a TorchRL policy (pass ``env.generator``
+    to reproduce ``policy.sample``)."""
+    return StepPolicyModule(policy, generator)

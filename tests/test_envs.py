@@ -78,21 +78,20 @@ def test_torchrl_env_passes_check_env_specs(break_when_any_done: bool) -> None:
 
 
 def test_torchrl_rollout_reproduces_policy_sample() -> None:
+    """x_0 and every step's noise come from the env's own generator, in policy.sample's order."""
     policy = make_policy()
     env = DiffusionMDPEnv(make_mdp(), batch_size=6)
-    torch.manual_seed(123)
-    td = env.rollout(T, step_policy_module(policy))
-    torch.manual_seed(123)
-    chain = policy.sample(6)  # (T + 1, B, 2)
+    env.set_seed(123)
+    td = env.rollout(T, step_policy_module(policy, env.generator))
+    chain = policy.sample(6, generator=torch.Generator().manual_seed(123))  # (T + 1, B, 2)
     assert td.batch_size == (6, T)
     torch.testing.assert_close(td["x"].transpose(0, 1), chain[:-1], rtol=0, atol=0)
     torch.testing.assert_close(td["action"].transpose(0, 1), chain[1:], rtol=0, atol=0)
     torch.testing.assert_close(td["next", "x"][:, -1], chain[-1], rtol=0, atol=0)
-    # set_seed is the global seed, so seeding the env is seeding the policy's noise too
+    # seeding the env seeds the policy's noise too when the module shares its generator
     env.set_seed(7)
-    td_seeded = env.rollout(T, step_policy_module(policy))
-    torch.manual_seed(7)
-    torch.testing.assert_close(td_seeded["next", "x"][:, -1], policy.sample(6)[-1], rtol=0, atol=0)
+    td_seeded = env.rollout(T, step_policy_module(policy, env.generator))
+    torch.testing.assert_close(td_seeded["next", "x"][:, -1], policy.sample(6, generator=torch.Generator().manual_seed(7))[-1], rtol=0, atol=0)
 
 
 def test_torchrl_episode_return_matches_hand_formula() -> None:
