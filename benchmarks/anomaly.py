@@ -142,6 +142,8 @@ def plot_gaps(runs: list[dict], path: Path) -> None:
     from diffrl.plots import plt
 
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    if not methods:
+        return
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), squeeze=False, sharey=True)
     for ax, method in zip(axes[0], methods):
         for r in runs:

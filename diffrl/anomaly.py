@@ -166,9 +166,9 @@ class ReplayStart(nn.Module):
 
     @torch.no_grad()
     def push(self, x: Tensor) -> None:
-        x = x[-self.capacity :].to(self.memory.device)
-        n = x.shape[0]
-        self.memory[(self.cursor + torch.arange(n, device=self.memory.device)) % self.capacity] = x
+        n, kept = x.shape[0], x[-self.capacity :].to(self.memory.device)  # as if written one by one
+        first = self.cursor + n - kept.shape[0]
+        self.memory[(first + torch.arange(kept.shape[0], device=self.memory.device)) % self.capacity] = kept
         self.cursor.copy_((self.cursor + n) % self.capacity)
         self.filled.copy_((self.filled + n).clamp(max=self.capacity))
 

@@ -72,9 +72,8 @@ class AnomalySplits:
     map_shape: tuple[int, int] = (1, 1)
 
 
-def read_features(path: str | Path, channels: int | None = None) -> Tensor:
-    """A float .npy array (N, C) or (N, C, H, W) as a float32 tensor, checked: file, dtype, shape,
-    finite values, and C = ``channels`` when given."""
+def read_features(path: str | Path) -> Tensor:
+    """A numeric .npy array (N, C) or (N, C, H, W) as a float32 tensor, checked: file, dtype, shape, finite values."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature array not found: {path}")
@@ -88,8 +87,6 @@ def read_features(path: str | Path, channels: int | None = None) -> Tensor:
         raise ValueError(f"{path.name}: expected numbers, got dtype {array.dtype}")
     if array.ndim not in (2, 4) or array.shape[0] < 1 or min(array.shape) < 1:
         raise ValueError(f"{path.name}: expected an array (N, C) or (N, C, H, W), got shape {array.shape}")
-    if channels is not None and array.shape[1] != channels:
-        raise ValueError(f"{path.name}: the run scores vectors of C = {channels} channels, got shape {array.shape} (C is axis 1)")
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bool(bad.any()):
