@@ -25,13 +25,21 @@ __all__ = [
 ]
 
 
-def soft_value(value: nn.Module, mdp: ChainMDP, x: Tensor, t: Tensor) -> Tensor:
+def soft_value(value: nn.Module, mdp: ChainMDP, x: Tensor, t: Tensor, dense: bool = False) -> Tensor:
     """V(x, t) with the boundary V(x, T) = cost(x_T); x (*batch, *event), t (*batch,) long in 0..T
-    -> (*batch,). The value network sees one flat batch: value(x (N, *event), t (N,)) -> (N,)."""
+    -> (*batch,). The value network sees one flat batch: value(x (N, *event), t (N,)) -> (N,).
+
+    dense=False evaluates each row once, with the network or the terminal cost (row selection that
+    depends on t's values: a host sync). dense=True evaluates both on every row and picks with
+    ``torch.where``: twice the work, no data-dependent control flow (works under ``torch.vmap``, as
+    TorchRL's value estimators call value networks).
+    """
     batch = t.shape
     if len(batch) != 1:
-        return soft_value(value, mdp, x.reshape(-1, *mdp.event_shape), t.reshape(-1)).reshape(batch)
+        return soft_value(value, mdp, x.reshape(-1, *mdp.event_shape), t.reshape(-1), dense).reshape(batch)
     last = t == mdp.horizon
+    if dense:
+        return torch.where(last, mdp.terminal_cost(x), value(x, t.clamp(max=mdp.horizon - 1)))
     if not bool(last.any()):
         return value(x, t)
     if bool(last.all()):

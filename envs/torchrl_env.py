@@ -27,7 +27,7 @@ from diffrl.policy import GaussianStepPolicy
 
 from ._chain import advance
 
-__all__ = ["DiffusionMDPEnv", "StepPolicyModule", "step_policy_module"]
+__all__ = ["DiffusionMDPEnv", "StepPolicyModule", "step_policy_module", "chain_tensordict", "rollout_chain"]
 
 
 class DiffusionMDPEnv(EnvBase):
@@ -122,3 +122,37 @@ def step_policy_module(policy: GaussianStepPolicy, generator: torch.Generator | 
     """``StepPolicyModule(policy, generator)``: the step policy as a TorchRL policy (pass ``env.generator``
     to reproduce ``policy.sample``)."""
     return StepPolicyModule(policy, generator)
+
+
+def chain_tensordict(mdp: ChainMDP, chain: Tensor) -> TensorDictBase:
+    """Chains (T + 1, B, *event_shape) as the [B, T] TensorDict ``DiffusionMDPEnv.rollout`` would have
+    made of them: "x", "t" (B, T, 1), "action" = x_{t+1}, "done" = "terminated" = False, and under
+    "next" x_{t+1}, t + 1, "reward" (B, T, 1) (``advance``, the env's own step) and "done" =
+    "terminated" (B, T, 1) at t + 1 = T. For chains collected without TorchRL (``DxMI.collect``)."""
+    T = mdp.horizon
+    if chain.ndim < 2 or chain.shape[0] != T + 1 or tuple(chain.shape[2:]) != mdp.event_shape:
+        raise ValueError(f"expected chains of shape (T + 1 = {T + 1}, B, *event_shape = {mdp.event_shape}), got {tuple(chain.shape)}")
+    B = chain.shape[1]
+    x, action = chain[:-1].movedim(0, 1), chain[1:].movedim(0, 1)
+    t = torch.arange(T, device=chain.device).expand(B, T)
+    x_next, t_next, reward, terminated = advance(mdp, x, t, action)
+    not_done = torch.zeros((B, T, 1), dtype=torch.bool, device=chain.device)
+    nxt = {"x": x_next, "t": t_next.unsqueeze(-1), "reward": reward.unsqueeze(-1), "done": terminated.unsqueeze(-1),
+           "terminated": terminated.unsqueeze(-1).clone()}
+    return TensorDict({"x": x, "t": t.unsqueeze(-1), "action": action, "done": not_done, "terminated": not_done.clone(),
+                       "next": TensorDict(nxt, batch_size=[B, T])}, batch_size=[B, T], device=chain.device)
+
+
+def rollout_chain(tensordict: TensorDictBase) -> Tensor:
+    """The chains (T + 1, B, *event_shape) of a [B, T] rollout (``env.rollout`` or a ``Collector`` batch
+    with ``frames_per_batch = B * T``): x_0..x_{T-1} from "x", x_T from ("next", "x"). Every row must be
+    one whole chain, t = 0..T-1 in order; a ValueError otherwise."""
+    if tensordict.ndim != 2:
+        raise ValueError(f"expected a [B, T] rollout, got batch size {tuple(tensordict.batch_size)}")
+    B, T = tensordict.batch_size
+    t = tensordict.get("t").reshape(B, T)
+    if not torch.equal(t, torch.arange(T, device=t.device).expand(B, T)) or not bool(tensordict.get(("next", "terminated"))[:, -1].all()):
+        raise ValueError("every row of the rollout must be one whole chain, t = 0..T-1 ending terminated "
+                         "(collect with frames_per_batch = B * T from a fresh reset)")
+    x = tensordict.get("x")
+    return torch.cat([x, tensordict.get(("next", "x"))[:, -1:]], dim=1).movedim(1, 0)
