@@ -168,10 +168,10 @@ class DxDPValueLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         keys, net = self.tensor_keys, self.value_network
-        x, x_next = tensordict.get(keys.observation), tensordict.get(keys.action)
-        t = tensordict.get(keys.step).squeeze(-1)
+        x, x_next = tensordict[keys.observation], tensordict[keys.action]
+        t = tensordict[keys.step].squeeze(-1)
         with torch.no_grad(), self.target_value_network_params.to_module(net):
-            next_value = net(tensordict.get("next").select(*net.in_keys)).get(keys.value).squeeze(-1)
+            next_value = net(tensordict["next"].select(*net.in_keys)).get(keys.value).squeeze(-1)
         target = td_target(self.mdp, next_value, x, x_next, t, self.policy.log_sigma.detach(), self.tau_entropy, self.fixed_time_cost)
         with self.value_network_params.to_module(net):
             v = net(tensordict.select(*net.in_keys)).get(keys.value).squeeze(-1)
@@ -230,7 +230,7 @@ class DxDPSamplerLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         keys = self.tensor_keys
-        x, step = tensordict.get(keys.observation), tensordict.get(keys.step)
+        x, step = tensordict[keys.observation], tensordict[keys.step]
         t = step.squeeze(-1)
         with self.actor_network_params.to_module(self.actor_network):
             x_next = self.actor_network.get_dist(tensordict.select(*self.actor_network.in_keys)).rsample()
