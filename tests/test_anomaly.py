@@ -256,3 +256,20 @@ def test_digits_leave_one_class_out_splits() -> None:
     assert task.anomalies("test").shape[0] == int((d.train_labels == 3).sum() + (d.test_labels == 3).sum())
     train_rows = {tuple(r) for r in task.split("train").tolist()}
     assert not any(tuple(r) in train_rows for r in [*task.anomalies("test").tolist(), *task.anomalies("val").tolist()])
+
+
+def test_the_example_trains_on_digits_and_prints_both_aurocs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "examples/anomaly_dxmi.py", "--holdout", "1", "--out", str(tmp_path / "run"), f"data.root={tmp_path / 'data'}",
+         "anomaly.ae_steps=20", "train.loop.steps=4", "train.loop.eval_every=2", "train.loop.checkpoint_every=2", "net.hidden=32",
+         "anomaly.ae_hidden=32", "data.n_eval=32"],
+        cwd=root, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["DxMI energy", "pretrained autoencoder"]
+    assert all(0 <= float(line.split("AUROC ")[1].split()[0]) <= 1 for line in lines)

@@ -15,7 +15,7 @@ from typing import Any
 _EXPORTS = {
     "ExperimentConfig": "config", "load_config": "config", "AgentFactory": "pipeline", "RewardFactory": "pipeline",
     "Run": "pipeline", "evaluate": "pipeline", "from_run": "pipeline", "pretrain": "pipeline", "sample": "pipeline",
-    "train": "pipeline",
+    "train": "pipeline", "score": "tasks.anomaly",
 }
 
 __all__ = sorted(_EXPORTS)
