@@ -26,10 +26,12 @@ A D-dimensional Gaussian step has entropy D log sigma_t + const, so the entropy 
 (tau_entropy / D) times the policy's entropy, summed over steps. How it enters each algorithm:
 
 - PPO: Tianshou's entropy bonus ``ent_coef * mean entropy`` with ``ent_coef = tau_entropy / D``,
-  undiscounted (gamma = 1) and without advantage normalisation: PPO's loss averages over the
-  T steps of each chain, so -T * loss has the gradient of J at ratio 1 (advantages unscaled).
+  undiscounted (gamma = 1) and without advantage normalisation. PPO's loss averages over the
+  transitions, i.e. over the T steps of each chain, so at ratio 1 the gradient of -T times its
+  actor-and-entropy loss is the policy gradient of J (with GAE advantages for the return part).
 - SAC: a fixed temperature ``alpha = tau_entropy / D`` (no auto-tuning), gamma = 1; SAC's soft
-  value counts -alpha log pi(a_t | s_t) once per step, the entropy term of J.
+  value counts -alpha log pi(a_t | s_t) once per step, the entropy term of J (Tianshou's log pi is
+  that of the action normalised to [-1, 1], D log b below the action's own: a constant).
 - DxDP: its own ``tau_entropy`` (``DxDPConfig``).
 
 SAC needs a bounded action: Tianshou's SAC policy samples u ~ N(loc, scale), squashes tanh(u) and
@@ -94,9 +96,7 @@ def split_observation(obs: Any, event_shape: tuple[int, ...], horizon: int, devi
     t/T * T), or a Batch / dict with ``x`` (N, *event) and ``t`` (N,).
     """
     if isinstance(obs, (Batch, dict)):
-        x = torch.as_tensor(np.asarray(obs["x"]) if not isinstance(obs["x"], Tensor) else obs["x"], device=device).float()
-        t = torch.as_tensor(np.asarray(obs["t"]) if not isinstance(obs["t"], Tensor) else obs["t"], device=device)
-        return x, t.reshape(-1).round().long()
+        return torch.as_tensor(obs["x"], device=device).float(), torch.as_tensor(obs["t"], device=device).reshape(-1).long()
     flat = torch.as_tensor(obs, device=device, dtype=torch.float32)
     dim = math.prod(event_shape)
     if flat.ndim != 2 or flat.shape[1] != dim + 1:
@@ -326,8 +326,10 @@ class DxDPAlgorithm(OnPolicyAlgorithm[ProbabilisticActorPolicy]):
 
 @dataclass
 class TianshouPPOConfig:
-    """Settings of ``TianshouPPOAgent``; the defaults were measured on 2-D point data (see the tests
-    and examples/tianshou_ppo.py).
+    """Settings of ``TianshouPPOAgent``. The defaults train a randomly initialised 2-D sampler on the
+    Gaussian-target chain to within 1% of its optimum in 50 DxMI iterations of 256 chains (tests);
+    fine-tuning a pretrained teacher wants smaller sampler rates (spec section 11), which the
+    factories take from an ExperimentConfig's ``train.dxdp``.
 
     tau_entropy: the objective's entropy weight (``ent_coef = tau_entropy / D``).
     lr_sampler / lr_sigma / lr_critic: Adam rates of the sampler's mean network, of log sigma, of the critic.
@@ -355,8 +357,9 @@ class TianshouPPOConfig:
 
 @dataclass
 class TianshouSACConfig:
-    """Settings of ``TianshouSACAgent``; the defaults were measured on 2-D point data (see the tests
-    and examples/tianshou_sac.py).
+    """Settings of ``TianshouSACAgent``. The defaults train a randomly initialised 2-D sampler on the
+    Gaussian-target chain to within 3% of its optimum in 50 DxMI iterations of 256 chains (tests);
+    a pretrained teacher wants smaller sampler rates, as for ``TianshouPPOConfig``.
 
     tau_entropy: the objective's entropy weight (SAC's fixed ``alpha = tau_entropy / D``).
     lr_sampler / lr_sigma / lr_critic: Adam rates of the sampler's mean network, of log sigma, of both critics.
@@ -382,14 +385,15 @@ class TianshouSACConfig:
 
 def _settings(cls: type, config: Any) -> Any:
     """``config`` itself when it is a ``cls``; the defaults for None; for an ExperimentConfig, the
-    defaults with its ``train.dxdp.tau_entropy`` and ``net`` sizes for the critics."""
+    defaults with the run's DxDP settings where they have a counterpart (tau_entropy, the sampler's
+    and sigma's rates, the value's rate for the critics) and its ``net`` sizes for the critics."""
     if isinstance(config, cls):
         return config
     if config is None:
         return cls()
-    net = config.net
-    return replace(cls(), tau_entropy=config.train.dxdp.tau_entropy, critic_hidden=net.hidden,
-                   critic_depth=net.depth, critic_time_dim=net.time_dim)
+    dxdp, net = config.train.dxdp, config.net
+    return replace(cls(), tau_entropy=dxdp.tau_entropy, lr_sampler=dxdp.lr_sampler, lr_sigma=dxdp.lr_sigma,
+                   lr_critic=dxdp.lr_value, critic_hidden=net.hidden, critic_depth=net.depth, critic_time_dim=net.time_dim)
 
 
 def _transitions(chain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -486,7 +490,8 @@ class TianshouSACAgent(_TianshouAgent):
         """chain: (T + 1, B, ...) from any behaviour policy. Returns detached metrics; ``return`` is the mean
         objective (``chain_objective``) of the given chains."""
         chain = chain.detach()
-        objective = chain_objective(chain, self.mdp, self.policy.log_sigma.detach(), self.config.tau_entropy).mean()
+        with torch.no_grad():
+            objective = chain_objective(chain, self.mdp, self.policy.log_sigma, self.config.tau_entropy).mean()
         for key, value in zip(("x", "t", "x_next"), _transitions(chain)):
             kept = value if key not in self.replay else torch.cat([self.replay[key], value])
             self.replay[key] = kept[-self.config.replay_size:]

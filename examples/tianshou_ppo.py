@@ -25,9 +25,11 @@ before and after, and the optimum):
 
     python examples/tianshou_ppo.py [--quick] [--epochs N]
 
-Measured on a 2-core CPU, one torch thread (the whole script; seed 0): --quick (6 epochs of 10
-collect-and-update steps of 256 chains) objective -4.19 -> -2.89, J* = -2.874, mean return
--4.88 -> -2.30, 23 s alone; the default 20 epochs -> -2.877, 60 s.
+Measured on a 2-core CPU, one torch thread, seed 0 (seconds: the script's own count, plus about
+7 s of imports): --quick (6 epochs of 10 collect-and-update steps of 256 chains) objective
+-4.191 -> -2.884 (J* = -2.874), mean return -3.79 -> -2.21, 34 s; the default 20 epochs -> -2.882,
+69 s. Most of --quick's time is fixed: Numba compiling Tianshou's return kernels (10-25 s) and
+the two evaluations.
 """
 from __future__ import annotations
 
