@@ -217,11 +217,11 @@ class StepPolicyAdam(OptimizerFactory):
         return torch.optim.Adam([{"params": ps, "lr": lr[k]} for k, ps in groups.items() if ps])
 
 
-def step_policy(policy: GaussianStepPolicy, action_space: gym.spaces.Box | None = None) -> ProbabilisticActorPolicy:
+def step_policy(policy: GaussianStepPolicy) -> ProbabilisticActorPolicy:
     """The Tianshou policy acting with ``policy``: actions are x_{t+1} as sampled, unscaled and
-    unclipped (action_space defaults to the unbounded Box of the event shape)."""
+    unclipped (its action space: the unbounded Box of the event shape)."""
     actor = StepActor(policy)
-    space = action_space or gym.spaces.Box(-np.inf, np.inf, shape=policy.event_shape, dtype=np.float32)
+    space = gym.spaces.Box(-np.inf, np.inf, shape=policy.event_shape, dtype=np.float32)
     return ProbabilisticActorPolicy(actor=actor, dist_fn=actor.dist_fn, action_space=space,
                                     action_scaling=False, action_bound_method=None)
 
