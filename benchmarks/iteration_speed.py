@@ -2,8 +2,16 @@
 
     python benchmarks/iteration_speed.py                                   # check, timings, memory, docs/results/speed.json
     python benchmarks/iteration_speed.py --batches 128 --iters 50 --mem-iters 300   # one batch size only
+    python benchmarks/iteration_speed.py --torchrl-only                    # the TorchRL rows: docs/results/speed_torchrl.json
 
 What it does, top to bottom:
+  0. the TorchRL (TensorDict) path against the fast path at batch 128: first one DxDP update through
+     the LossModules of ``diffrl.agents.torchrl`` and one through ``DxDP.update`` from identical weights
+     and seeds must leave the same parameters; then, interleaved like the timing below, per row the
+     median seconds of each and the median of the per-round ratios: ``env.rollout`` with the step
+     policy module against ``policy.sample`` and against the same loop plus the env's per-step
+     ``ChainMDP.step_reward``; the rollout with the ``ProbabilisticActor``; DxDP's update through the
+     LossModules against ``DxDP.update``; a DxMI iteration fed by ``env.rollout`` against ``DxMI.step()``.
   1. equivalence: from identical weights and the same seed, ``--check-iters`` iterations of the
      library and of ``plain_dxmi_iteration`` must leave identical policy, sigma, AVR, value and
      energy parameters (and identical parameter *changes*, so a tiny learning rate cannot hide a
@@ -336,6 +344,119 @@ def cpu_model() -> str:
         return platform.processor()
 
 
+# ----------------------------------------------------------------------------- the TorchRL (TensorDict) path
+
+
+def torchrl_path(dxmi):
+    """The TensorDict path over the library run's own policy, value, MDP and optimiser steps: the env with
+    the step policy module, the ProbabilisticActor, and DxDP's LossModules (``diffrl.agents.torchrl``)."""
+    from diffrl.agents.torchrl import DxDPSamplerLoss, DxDPValueLoss, probabilistic_actor, value_operator
+    from diffrl.envs.torchrl_env import DiffusionMDPEnv, step_policy_module
+
+    agent, mdp = dxmi.agent, dxmi.mdp
+    env = DiffusionMDPEnv(mdp, dxmi.data.batch_size, seed=0)
+    actor, critic = probabilistic_actor(agent.policy), value_operator(agent.value, mdp)
+    return {
+        "env": env, "step_module": step_policy_module(agent.policy, env.generator), "actor": actor,
+        "value_loss": DxDPValueLoss(critic, actor, mdp, agent.config.tau_entropy),
+        "sampler_loss": DxDPSamplerLoss(actor, critic, mdp, agent.config.tau_entropy),
+    }
+
+
+def torchrl_dxdp_update(rollout, parts, agent) -> None:
+    """DxDP.update's steps on a [B, T] rollout TensorDict through the LossModules: T value steps of
+    ``DxDPValueLoss`` on rollout[:, t], t = T-1..0, then one ``DxDPSamplerLoss`` step on B states drawn
+    uniformly (the same draws, in the same order, as DxDP.update), with DxDP's own optimiser steps."""
+    B, T = rollout.batch_size
+    for t in reversed(range(T)):
+        agent.value_step(parts["value_loss"](rollout[:, t])["loss_value"], "loss_value")
+    t_idx = torch.randint(0, T, (B,))
+    b_idx = torch.randint(0, B, (B,))
+    states = rollout.select("x", "t")[b_idx, t_idx]
+    agent.sampler_step(parts["sampler_loss"](states)["loss_sampler"], "loss_sampler")
+
+
+def plain_rollout_with_rewards(policy, mdp, batch: int, generator: torch.Generator) -> Tensor:
+    """policy.sample's loop plus the env's per-step work of ``ChainMDP.step_reward``: the same maths as
+    DiffusionMDPEnv.rollout, without TorchRL."""
+    from diffrl.policy import rollout
+
+    def act(x, t, noise):
+        x_next = policy(x, t, noise)
+        mdp.step_reward(x, x_next, torch.full((x.shape[0],), t))
+        return x_next
+
+    with torch.no_grad():
+        return rollout(act, mdp.reset(batch, generator=generator), mdp.horizon, generator)
+
+
+def check_torchrl_update(config, data: Tensor, seed: int) -> float:
+    """One DxDP update through the LossModules and one through DxDP.update, from identical weights, the same
+    rollout and the same global seed: the parameters must agree (rtol 1e-5); returns the largest |difference|."""
+    from diffrl.envs.torchrl_env import chain_tensordict
+
+    a, b = build_library(config, data, seed), build_library(config, data, seed)
+    chain = a.agent.policy.sample(config.train.batch_size, generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed + 1)
+    b.agent.update(chain)
+    torch.manual_seed(seed + 1)
+    torchrl_dxdp_update(chain_tensordict(a.mdp, chain), torchrl_path(a), a.agent)
+    worst = 0.0
+    for (name, p), q in zip(a.agent.policy.named_parameters(), b.agent.policy.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"policy {name}: {m}")
+        worst = max(worst, float((p - q).detach().abs().max()))
+    for (name, p), q in zip(a.agent.value.named_parameters(), b.agent.value.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"value {name}: {m}")
+        worst = max(worst, float((p - q).detach().abs().max()))
+    return worst
+
+
+def torchrl_ratios(config, data: Tensor, seed: int, iters: int, rounds: int, warmup: int) -> list[dict]:
+    """Per row, the TensorDict path against the fast path on the same run, interleaved in alternating order:
+    median wall and CPU seconds per call of each, and the median of the per-round ratios."""
+    from diffrl.envs.torchrl_env import rollout_chain
+
+    dxmi = build_library(config, data, seed)
+    agent, mdp, policy, B, T = dxmi.agent, dxmi.mdp, dxmi.agent.policy, config.train.batch_size, config.train.horizon
+    parts = torchrl_path(dxmi)
+    env, g = parts["env"], torch.Generator().manual_seed(seed)
+    chain = policy.sample(B, generator=g)
+    rollout_td = env.rollout(T, parts["step_module"])
+
+    def actor_rollout():
+        with torch.no_grad():
+            return env.rollout(T, parts["actor"])
+
+    rows = [
+        ("env.rollout(T, step_policy_module) vs policy.sample", lambda: env.rollout(T, parts["step_module"]), lambda: policy.sample(B, generator=g)),
+        ("env.rollout(T, step_policy_module) vs the plain loop + step rewards", lambda: env.rollout(T, parts["step_module"]),
+         lambda: plain_rollout_with_rewards(policy, mdp, B, g)),
+        ("env.rollout(T, probabilistic_actor), no grad, vs policy.sample", actor_rollout, lambda: policy.sample(B, generator=g)),
+        ("DxDP update: LossModules on the rollout TensorDict vs DxDP.update(chain)", lambda: torchrl_dxdp_update(rollout_td, parts, agent),
+         lambda: agent.update(chain)),
+        ("DxMI iteration: env.rollout + rollout_chain + DxMI.update vs DxMI.step()",
+         lambda: dxmi.update(rollout_chain(env.rollout(T, parts["step_module"])), next(dxmi.data)), dxmi.step),
+    ]
+    out = []
+    for name, torchrl_step, fast_step in rows:
+        for step in (torchrl_step, fast_step):
+            time_block(step, warmup)
+        blocks = {"torchrl": [], "fast": []}
+        for r in range(rounds):
+            for kind in (["torchrl", "fast"] if r % 2 == 0 else ["fast", "torchrl"]):
+                blocks[kind].append(time_block(torchrl_step if kind == "torchrl" else fast_step, iters))
+        row = {"row": name, "batch": B, "iters_per_block": iters}
+        for kind in ("torchrl", "fast"):
+            row[f"{kind}_s"] = statistics.median(w for w, _ in blocks[kind])
+            row[f"{kind}_cpu_s"] = statistics.median(c for _, c in blocks[kind])
+        row["ratio_paired_median"] = statistics.median(a[0] / b[0] for a, b in zip(blocks["torchrl"], blocks["fast"]))
+        row["ratio_cpu_paired_median"] = statistics.median(a[1] / b[1] for a, b in zip(blocks["torchrl"], blocks["fast"]))
+        print(f"{name}: {row['torchrl_s'] * 1e3:.2f} vs {row['fast_s'] * 1e3:.2f} ms, ratio {row['ratio_paired_median']:.2f} "
+              f"(CPU time {row['ratio_cpu_paired_median']:.2f})", flush=True)
+        out.append(row)
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -349,7 +470,9 @@ if __name__ == "__main__":
     parser.add_argument("--check-iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(REPO / "docs" / "results" / "speed.json"))
+    parser.add_argument("--out", default=None, help="default docs/results/speed.json (--torchrl-only: speed_torchrl.json)")
+    parser.add_argument("--torchrl-iters", type=int, default=30, help="calls per timed block of the TorchRL rows (batch 128)")
+    parser.add_argument("--torchrl-only", action="store_true", help="only the TorchRL rows (and their check); default --out speed_torchrl.json")
     parser.add_argument("--mem-child", choices=["library", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -365,6 +488,27 @@ if __name__ == "__main__":
     command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     print(f"command: {command}\n")
     data = make_data(50_000, args.seed)
+    out_path = Path(args.out or REPO / "docs" / "results" / ("speed_torchrl.json" if args.torchrl_only else "speed.json"))
+
+    # 0. the TorchRL (TensorDict) path against the fast path, batch 128, after its own equivalence check
+    try:
+        torchrl_check = check_torchrl_update(make_config(128), data, args.seed)
+    except AssertionError as e:
+        print(f"TORCHRL EQUIVALENCE FAILED: {e}\nrefusing to time code that disagrees.")
+        sys.exit(1)
+    print(f"equivalence (TorchRL LossModules vs DxDP.update, one update, batch 128): parameters match, max |diff| {torchrl_check:.1e}")
+    torchrl_rows = torchrl_ratios(make_config(128), data, args.seed, args.torchrl_iters, args.rounds, args.warmup)
+    print()
+    if args.torchrl_only:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({
+            "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count()},
+            "setup": {"D": 2, "T": 5, "hidden": 128, "depth": 3, "time_dim": 64, "rounds": args.rounds, "warmup": args.warmup},
+            "torchrl": {"equivalence_max_abs_diff": torchrl_check, "rows": torchrl_rows},
+        }, indent=2) + "\n")
+        print(f"wrote {out_path}")
+        sys.exit(0)
 
     # 1. equivalence, or no timing at all
     checks = {}
@@ -430,6 +574,10 @@ if __name__ == "__main__":
           f"after {args.warmup} warm-up; CPU time = this thread's, robust to other jobs on the machine. ru_maxrss: whole fresh process "
           f"(imports and set-up included); in brackets: peak RSS of the iterations alone (VmHWM reset before the run) minus the RSS at the run's start. D=2, T=5, TimeMLP hidden 128 depth 3, time_dim 64; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print("\n| TorchRL path vs fast path (batch 128) | TorchRL ms | fast ms | ratio (wall) | ratio (CPU time) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in torchrl_rows:
+        print(f"| {r['row']} | {r['torchrl_s'] * 1e3:.2f} | {r['fast_s'] * 1e3:.2f} | {r['ratio_paired_median']:.2f} | {r['ratio_cpu_paired_median']:.2f} |")
     report = {
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -440,7 +588,8 @@ if __name__ == "__main__":
         "setup": {"D": 2, "T": 5, "hidden": 128, "depth": 3, "time_dim": 64, "rounds": args.rounds, "warmup": args.warmup},
         "equivalence": checks,
         "results": results,
+        "torchrl": {"equivalence_max_abs_diff": torchrl_check, "rows": torchrl_rows},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out_path}")
