@@ -68,7 +68,8 @@ def probabilistic_actor(policy: GaussianStepPolicy, generator: torch.Generator |
     params = TensorDictModule(_StepDistParams(policy), in_keys=["x", "t"], out_keys=["loc", "scale"])
     return ProbabilisticActor(
         params, in_keys=["loc", "scale"], out_keys=["action"], distribution_class=IndependentNormal,
-        distribution_kwargs={"event_dim": len(policy.event_shape)}, return_log_prob=True,
+        distribution_kwargs={"event_dim": len(policy.event_shape), "validate_args": False},  # scale = exp(log sigma) > 0
+        return_log_prob=True,
         default_interaction_type=InteractionType.RANDOM, generator=generator,
     )
 
@@ -188,8 +189,11 @@ class DxDPSamplerLoss(LossModule):
     Its gradient reaches the actor through V(x', t + 1) (the value network with detached
     parameters; V(x', T) = cost(x') also passes gradient into the reward's parameters, which the
     reward's own update zeroes) and through log sigma_t. Optimise the actor's parameters
-    (``loss.actor_network_params``). reduction: "mean" (DxDP's), "sum" or "none". Output: "loss_sampler" and the detached means of the named terms
-    "cost_to_go", "velocity_cost" (tau_velocity v_t) and "entropy_bonus" (tau_entropy log sigma_t).
+    (``loss.actor_network_params``). The value network reads ``tensor_keys.observation`` and
+    ``tensor_keys.step`` of x' and t + 1. reduction: "mean" (DxDP's), "sum" or "none".
+
+    Output: "loss_sampler" and the detached means of the named terms "cost_to_go", "velocity_cost"
+    (tau_velocity v_t) and "entropy_bonus" (tau_entropy log sigma_t).
     """
 
     @dataclass
