@@ -20,11 +20,11 @@ from .gym_env import DiffusionMDP, DiffusionMDPVectorEnv, default_mdp
 
 if TYPE_CHECKING:
     from .tianshou_env import DiffusionMDPTianshouEnv
-    from .torchrl_env import DiffusionMDPEnv, step_policy_module
+    from .torchrl_env import DiffusionMDPEnv, StepPolicyModule, chain_tensordict, rollout_chain, step_policy_module
 
 __all__ = [
     "DiffusionMDP", "DiffusionMDPVectorEnv", "DiffusionMDPEnv", "DiffusionMDPTianshouEnv", "default_mdp",
-    "step_policy_module", "ENV_ID",
+    "step_policy_module", "StepPolicyModule", "chain_tensordict", "rollout_chain", "ENV_ID",
 ]
 
 ENV_ID = "diffrl/DiffusionMDP-v0"
@@ -38,7 +38,7 @@ if ENV_ID not in gymnasium.registry:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("DiffusionMDPEnv", "step_policy_module"):
+    if name in ("DiffusionMDPEnv", "step_policy_module", "StepPolicyModule", "chain_tensordict", "rollout_chain"):
         from . import torchrl_env
 
         return getattr(torchrl_env, name)
