@@ -53,9 +53,11 @@ from diffrl.mdp import ChainMDP
 from diffrl.optim import OptimizerStep
 from diffrl.policy import GaussianStepPolicy
 
+from .losses import entropy_bonus
+
 __all__ = [
     "ReinforceConfig", "Reinforce", "BASELINES", "chain_rewards", "reward_to_go", "leave_one_out_baseline",
-    "entropy_loss", "check_pg_config", "PolicyGradientAgent",
+    "entropy_loss", "check_pg_config", "check_chain", "step_grid", "critic_values", "PolicyGradientAgent",
 ]
 
 BASELINES = ("leave_one_out", "value", "none")
@@ -129,9 +131,10 @@ def leave_one_out_baseline(returns: Tensor) -> Tensor:
 
 
 def entropy_loss(policy: GaussianStepPolicy, tau_entropy: float) -> Tensor:
-    """-tau_entropy * sum_t log sigma_t, a scalar: minus the entropy term of J (its gradient on each
-    trainable log sigma_t is -tau_entropy)."""
-    return -tau_entropy * policy.log_sigma.sum()
+    """-sum_t h_t = -tau_entropy * sum_t log sigma_t (``entropy_bonus`` of every step), a scalar: minus
+    the entropy term of J (its gradient on each trainable log sigma_t is -tau_entropy)."""
+    log_sigma = policy.log_sigma
+    return -entropy_bonus(log_sigma, torch.arange(policy.horizon, device=log_sigma.device), tau_entropy).sum()
 
 
 def check_chain(chain: Tensor, mdp: ChainMDP) -> None:

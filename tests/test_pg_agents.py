@@ -373,6 +373,8 @@ def test_cli_trains_with_agent_reinforce(teacher: Path, tmp_path: Path, capsys) 
     bad = ["train", "--preset", "8gaussians", "--teacher", str(teacher), "--out", str(tmp_path / "bad"), "--agent", "ppo", *TINY]
     assert main([*bad, "train.ppo.baseline=mean"]) == 2
     assert "ppo.baseline must be one of leave_one_out, value, none, got 'mean'" in capsys.readouterr().err
+    assert main([*bad, "train.ppo.minibatch_size=161"]) == 2  # 32 chains of 5 steps
+    assert "train.ppo.minibatch_size 161 exceeds the 160 transitions of an iteration" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -177,8 +177,13 @@ def reinforce_agent(policy: GaussianStepPolicy, mdp: ChainMDP, config: Experimen
 
 
 def ppo_agent(policy: GaussianStepPolicy, mdp: ChainMDP, config: ExperimentConfig) -> PPO:
-    """PPO with ``train.ppo``; its critic (baseline=value) is ``pg_critic``."""
+    """PPO with ``train.ppo``; its critic (baseline=value) is ``pg_critic``. A minibatch larger than an
+    iteration's B * T transitions is refused here, before a run folder exists."""
     c = config.train.ppo
+    transitions = config.train.batch_size * mdp.horizon
+    if c.minibatch_size is not None and c.minibatch_size > transitions:
+        raise ValueError(f"train.ppo.minibatch_size {c.minibatch_size} exceeds the {transitions} transitions of an iteration "
+                         f"(train.batch_size * train.horizon)")
     return PPO(policy, mdp, c, pg_critic(mdp, config) if c.baseline == "value" else None)
 
 
