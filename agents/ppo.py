@@ -47,7 +47,7 @@ class PPOConfig:
     """Options of ``PPO``. Learning rates measured on a 2-D fixed-reward fine-tuning problem
     (benchmarks/pg_defaults.py, 3 seeds, 500 iterations, 4 epochs): lr_sampler 1e-4: J -2.01 (SW to the
     target 0.23-0.24), 3e-4: J -2.00 but SW swinging between 0.21 and 0.42; 4 minibatches of 320 instead
-    of one: J -1.98 at 2.3 times the time (equal at equal time); baseline leave_one_out: J -2.02. The
+    of one: J -1.97 at 2.3 times the time (equal at equal time); baseline leave_one_out: J -2.02. The
     clip, lambda and gradient clip are the usual values, not tuned. For DxMI with a learned energy the
     app uses smaller rates (``train.ppo``)."""
 

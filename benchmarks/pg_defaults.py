@@ -31,8 +31,8 @@ SW 0.185; J after 100 / 500 iterations, seeds 0 / 1 / 2 where three are given):
     dxdp       1e-4   1e-2      value lr 1e-3           -3.67                 -2.08                 0.16
     dxdp       1e-5   1e-3      value lr 1e-3           -                     -2.69                 0.13
 
-(4 x 4: minibatches of 320 of the 1280 transitions.) Wall time of 500 iterations alone on this
-machine: reinforce about 5 s, with the value baseline 10 s, ppo 4 x 1 about 30 s, 4 x 4 about 70 s,
+(4 x 4: minibatches of 320 of the 1280 transitions.) Wall time of 500 iterations (the fastest seen on
+the shared machine): reinforce about 5 s, with the value baseline 10 s, ppo 4 x 1 about 30 s, 4 x 4 70 s,
 dxdp 20 s. SW to the target is not what the agents optimise: the max-entropy optimum at tau = 0.1
 is sharper than the target, and SW grows as J rises past about -2.05.
 """
