@@ -11,7 +11,8 @@ What it does, top to bottom:
      median seconds of each and the median of the per-round ratios: ``env.rollout`` with the step
      policy module against ``policy.sample`` and against the same loop plus the env's per-step
      ``ChainMDP.step_reward``; the rollout with the ``ProbabilisticActor``; DxDP's update through the
-     LossModules against ``DxDP.update``; a DxMI iteration fed by ``env.rollout`` against ``DxMI.step()``.
+     LossModules against ``DxDP.update``; a DxMI iteration fed by ``env.rollout`` against ``DxMI.step()``;
+     and where a rollout's time goes (``torchrl_rollout_profile``).
   1. equivalence: from identical weights and the same seed, ``--check-iters`` iterations of the
      library and of ``plain_dxmi_iteration`` must leave identical policy, sigma, AVR, value and
      energy parameters (and identical parameter *changes*, so a tiny learning rate cannot hide a
@@ -431,6 +432,8 @@ def torchrl_ratios(config, data: Tensor, seed: int, iters: int, rounds: int, war
         ("env.rollout(T, step_policy_module) vs policy.sample", lambda: env.rollout(T, parts["step_module"]), lambda: policy.sample(B, generator=g)),
         ("env.rollout(T, step_policy_module) vs the plain loop + step rewards", lambda: env.rollout(T, parts["step_module"]),
          lambda: plain_rollout_with_rewards(policy, mdp, B, g)),
+        ("env.rollout(T, step_policy_module, break_when_any_done=False) vs policy.sample",
+         lambda: env.rollout(T, parts["step_module"], break_when_any_done=False), lambda: policy.sample(B, generator=g)),
         ("env.rollout(T, probabilistic_actor), no grad, vs policy.sample", actor_rollout, lambda: policy.sample(B, generator=g)),
         ("DxDP update: LossModules on the rollout TensorDict vs DxDP.update(chain)", lambda: torchrl_dxdp_update(rollout_td, parts, agent),
          lambda: agent.update(chain)),
@@ -454,6 +457,62 @@ def torchrl_ratios(config, data: Tensor, seed: int, iters: int, rounds: int, war
         print(f"{name}: {row['torchrl_s'] * 1e3:.2f} vs {row['fast_s'] * 1e3:.2f} ms, ratio {row['ratio_paired_median']:.2f} "
               f"(CPU time {row['ratio_cpu_paired_median']:.2f})", flush=True)
         out.append(row)
+    return out
+
+
+def torchrl_rollout_profile(config, data: Tensor, seed: int, rollouts: int) -> dict[str, float]:
+    """Where ``env.rollout(T, step_policy_module)`` spends its time: thread CPU milliseconds per rollout
+    (medians over ``rollouts``), from timers wrapped around the pieces it calls, exclusive of each other:
+
+        policy            the policy's own step (GaussianStepPolicy.forward): the plain loop's work
+        policy_module     StepPolicyModule around it (keys, noise draw, step-index check)
+        rewards           ChainMDP.step_reward (velocity costs, the terminal energy at the last step)
+        env_step          the rest of DiffusionMDPEnv._step (``advance``'s checks, the output TensorDict)
+        torchrl_step      EnvBase.step around _step (_step_proc_data: reward shape, done completion; "next")
+        reset             EnvBase.reset (with _reset)
+        torchrl_rollout   the rest of EnvBase.rollout: step_mdp, copies, done checks, stacking the T steps
+    and "plain" = policy.sample for reference."""
+    dxmi = build_library(config, data, seed)
+    parts = torchrl_path(dxmi)
+    env, module, mdp, T, B = parts["env"], parts["step_module"], dxmi.mdp, config.train.horizon, config.train.batch_size
+    policy = module.policy
+    spent: dict[str, float] = {}
+
+    def timed(owner, name: str, key: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[key] = spent.get(key, 0.0) + time.thread_time() - start
+
+        setattr(owner, name, wrapper)  # an instance attribute: shadows the method until deleted
+
+    patched = [(env, "reset", "reset"), (env, "step", "step"), (env, "_step", "_step"), (mdp, "step_reward", "rewards"),
+               (module, "forward", "module"), (policy, "forward", "policy")]
+    for owner, name, key in patched:
+        timed(owner, name, key)
+    rows: list[dict[str, float]] = []
+    try:
+        for _ in range(rollouts + 3):
+            spent.clear()
+            start = time.thread_time()
+            env.rollout(T, module)
+            total = time.thread_time() - start
+            rows.append({
+                "policy": spent["policy"], "policy_module": spent["module"] - spent["policy"], "rewards": spent["rewards"],
+                "env_step": spent["_step"] - spent["rewards"], "torchrl_step": spent["step"] - spent["_step"], "reset": spent["reset"],
+                "torchrl_rollout": total - spent["module"] - spent["step"] - spent["reset"], "total": total,
+            })
+    finally:
+        for owner, name, _ in patched:
+            delattr(owner, name)
+    g = torch.Generator().manual_seed(seed)
+    plain = [time_block(lambda: policy.sample(B, generator=g), 1)[1] for _ in range(rollouts + 3)]
+    out = {key: 1e3 * statistics.median(r[key] for r in rows[3:]) for key in rows[0]}
+    out["plain"] = 1e3 * statistics.median(plain[3:])
     return out
 
 
@@ -498,6 +557,9 @@ if __name__ == "__main__":
         sys.exit(1)
     print(f"equivalence (TorchRL LossModules vs DxDP.update, one update, batch 128): parameters match, max |diff| {torchrl_check:.1e}")
     torchrl_rows = torchrl_ratios(make_config(128), data, args.seed, args.torchrl_iters, args.rounds, args.warmup)
+    profile = torchrl_rollout_profile(make_config(128), data, args.seed, args.torchrl_iters * args.rounds)
+    print("env.rollout(T, step_policy_module), batch 128, CPU ms per rollout: "
+          + ", ".join(f"{key} {value:.3f}" for key, value in profile.items()))
     print()
     if args.torchrl_only:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -505,7 +567,7 @@ if __name__ == "__main__":
             "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count()},
             "setup": {"D": 2, "T": 5, "hidden": 128, "depth": 3, "time_dim": 64, "rounds": args.rounds, "warmup": args.warmup},
-            "torchrl": {"equivalence_max_abs_diff": torchrl_check, "rows": torchrl_rows},
+            "torchrl": {"equivalence_max_abs_diff": torchrl_check, "rows": torchrl_rows, "rollout_profile_cpu_ms": profile},
         }, indent=2) + "\n")
         print(f"wrote {out_path}")
         sys.exit(0)
@@ -588,7 +650,7 @@ if __name__ == "__main__":
         "setup": {"D": 2, "T": 5, "hidden": 128, "depth": 3, "time_dim": 64, "rounds": args.rounds, "warmup": args.warmup},
         "equivalence": checks,
         "results": results,
-        "torchrl": {"equivalence_max_abs_diff": torchrl_check, "rows": torchrl_rows},
+        "torchrl": {"equivalence_max_abs_diff": torchrl_check, "rows": torchrl_rows, "rollout_profile_cpu_ms": profile},
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
