@@ -12,6 +12,12 @@ step's noise from the same generator, in the order ``GaussianStepPolicy.sample``
 ``env.set_seed(s)`` the rollout ``env.rollout(T, step_policy_module(policy, env.generator))``
 equals ``policy.sample(B, generator=torch.Generator().manual_seed(s))`` bitwise. The same holds
 for ``diffrl.agents.torchrl.probabilistic_actor(policy, generator=env.generator)``.
+
+Speed (``benchmarks/iteration_speed.py --torchrl-only``, B = 128, D = 2, T = 5): a rollout costs
+about 2.4x ``policy.sample`` (2.3x with ``break_when_any_done=False``), 1.7x the same loop with the
+env's per-step rewards. The env's own code is lean (outputs built without validation, no reset
+checks, the policy's int fast path); the rest is the rewards (the terminal energy) and TorchRL's
+per-step and stacking work, which ``rollout``'s options barely change.
 """
 from __future__ import annotations
 

@@ -18,9 +18,10 @@ global RNG is left to the sampler step's draws.
 The sampler, the energy, the MDP and DxDP are the ones ``diffrl train`` composes for the
 8gaussians preset (``diffrl.app.pipeline.compose``), started from a teacher run.
 
-Measured (2-core CPU, one torch thread, sharing the machine; teacher: ``--quick``'s own, 1000
-pretraining iterations of the preset's teacher, about 25 s): test SW of the 5-step chain (4000
-points) 0.31 -> 0.14 after 300 collected batches of 256 chains; 80 s for the whole script.
+Measured (2-core CPU, one torch thread, sharing the machine with other jobs): ``--quick`` (its own
+teacher, 1000 pretraining iterations of the preset's; 300 collected batches of 256 chains; 4000
+test points) test SW of the 5-step chain 0.224 -> 0.165, energy AUC 0.867; 116-133 s for the whole
+script (about 70 s of CPU time).
 
 Run (from the repository root):
 
