@@ -98,6 +98,10 @@ def test_autoencoder_start_encodes_perturbs_and_decodes_the_drawn_rows() -> None
     assert not any(p.requires_grad for p in start.parameters())
     assert set(start.state_dict()) == {f"autoencoder.{k}" for k in ae.state_dict()}  # weights saved, data not
 
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        expected_energy = torch.stack([((r - ae.decoder(ae.encoder(r))) ** 2).sum() / 6 / 0.5 for r in x])
+    torch.testing.assert_close(ReconstructionEnergy(ae, temperature=0.5)(x).detach(), expected_energy)
     reward = EnergyReward(ReconstructionEnergy(Autoencoder(6, 3, 8, 1)))
     mdp = ChainMDP(reward, (6,), torch.full((4,), 0.1), tau_velocity=0.1, start=start)
     torch.testing.assert_close(mdp.reset(7, torch.Generator().manual_seed(5)), x0)
@@ -230,6 +234,20 @@ def test_diffrl_score_refuses_bad_input_in_one_line(toy_run, tmp_path: Path, cap
     assert main(["score", str(run), "--data", str(tmp_path / "bad.npy")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_the_langevin_agent_refuses_a_policy_that_is_not_langevin() -> None:
+    from diffrl.anomaly import LangevinAgent, ResidualMean
+    from diffrl.nets import TimeMLP
+    from diffrl.policy import GaussianStepPolicy
+
+    reward = EnergyReward(ReconstructionEnergy(Autoencoder(6, 3, 8, 1)))
+    mdp = ChainMDP(reward, (6,), torch.full((3,), 0.1), tau_velocity=0.1)
+    with pytest.raises(ValueError, match="needs a Langevin policy"):
+        LangevinAgent(GaussianStepPolicy(ResidualMean(TimeMLP(6, 6)), torch.full((3,), 0.1), (6,)), mdp)
+    policy = langevin_policy(3, 0.1, (6,))
+    LangevinAgent(policy, mdp)
+    assert policy.mean_model.energy is reward.energy  # bound to the energy the loop trains
 
 
 def test_anomaly_settings_fail_before_any_work() -> None:
