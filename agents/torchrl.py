@@ -253,7 +253,7 @@ class DxDPSamplerLoss(LossModule):
 
 @dataclass
 class TorchRLPPOConfig:
-    """Options of ``TorchRLPPO`` (not tuned: TorchRL's PPO defaults where it has them)."""
+    """Options of ``TorchRLPPO``; the defaults are ``diffrl.agents.PPOConfig``'s (measured there on a 2-D fixed reward)."""
 
     tau_entropy: float = 0.1
     """Weight of sum_t log sigma_t in the objective (DxDP's tau1)."""
@@ -272,7 +272,9 @@ class TorchRLPPOConfig:
     minibatch_size: int | None = None
     """Transitions per optimiser step (None: all B * T at once)."""
     grad_clip: float | None = 1.0
-    """Gradient-norm clip of the actor's and the critic's steps."""
+    """Gradient-norm clip of the actor's steps."""
+    value_grad_clip: float | None = None
+    """Gradient-norm clip of the critic's steps."""
 
     def __post_init__(self) -> None:
         for name in ("tau_entropy", "lr_sampler", "lr_sigma", "lr_value"):
@@ -318,7 +320,7 @@ class TorchRLPPO:
         ])
         self.value_optimizer = torch.optim.Adam(critic.parameters(), lr=config.lr_value)
         self.policy_step = OptimizerStep(self.policy_optimizer, config.grad_clip)
-        self.value_step = OptimizerStep(self.value_optimizer, config.grad_clip)
+        self.value_step = OptimizerStep(self.value_optimizer, config.value_grad_clip)
 
     def act(self, x: Tensor, t: int | Tensor, noise: Tensor | None = None) -> Tensor:
         return self.policy(x, t, noise)
@@ -378,11 +380,18 @@ class TorchRLPPO:
 
 def torchrl_ppo(policy: GaussianStepPolicy, mdp: ChainMDP, config: Any) -> TorchRLPPO:
     """The agent factory (``train.agent = diffrl.agents.torchrl:torchrl_ppo``): ``TorchRLPPO`` with the
-    run's ``train.dxdp.tau_entropy`` and a fresh ``TimeMLP`` critic of the run's ``net`` sizes (point data,
-    event shape (D,)); the other options are ``TorchRLPPOConfig``'s defaults."""
+    options of the run's ``train.ppo`` section (agent=ppo's, so the two PPO implementations run at
+    equal settings: tau_entropy, learning rates, clip, gae_lambda, epochs, minibatch_size, clips) and a
+    fresh ``TimeMLP`` critic of the run's ``net`` sizes (point data, event shape (D,))."""
     if len(mdp.event_shape) != 1:
         raise ValueError(f"torchrl_ppo's critic is an MLP over points of shape (D,); got samples of shape {mdp.event_shape}")
-    net = config.net
+    ppo, net = config.train.ppo, config.net
+    if ppo.baseline != "value":
+        raise ValueError(f"torchrl_ppo estimates advantages with GAE on a critic: train.ppo.baseline must be value, got {ppo.baseline!r}")
+    options = TorchRLPPOConfig(
+        tau_entropy=ppo.tau_entropy, lr_sampler=ppo.lr_sampler, lr_sigma=ppo.lr_sigma, lr_value=ppo.lr_value, clip_epsilon=ppo.clip,
+        gae_lambda=ppo.gae_lambda, epochs=ppo.epochs, minibatch_size=ppo.minibatch_size, grad_clip=ppo.grad_clip,
+        value_grad_clip=ppo.value_grad_clip,
+    )
     critic = TimeMLP(mdp.event_shape[0], 1, hidden=net.hidden, depth=net.depth, time_dim=net.time_dim)
-    critic.to(mdp.velocity_scale_sq.device)
-    return TorchRLPPO(policy, mdp, critic, TorchRLPPOConfig(tau_entropy=config.train.dxdp.tau_entropy))
+    return TorchRLPPO(policy, mdp, critic.to(mdp.velocity_scale_sq.device), options)

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 from torchrl.objectives.value import GAE
 
 from diffrl.agent import Agent
+from diffrl.app.config import load_config
 from diffrl.agents.losses import SamplerLoss, ValueTDLoss, time_cost
 from diffrl.agents.torchrl import (
     DxDPSamplerLoss, DxDPValueLoss, TorchRLPPO, TorchRLPPOConfig, probabilistic_actor, torchrl_ppo, value_operator,
@@ -294,16 +294,18 @@ def test_torchrl_ppo_objective_and_entropy_scale() -> None:
     assert all(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
 
 
-def test_torchrl_ppo_factory_trains_in_the_dxmi_loop() -> None:
+def test_torchrl_ppo_factory_reads_train_ppo_and_trains_in_the_dxmi_loop() -> None:
     policy, mdp = make_policy(), make_mdp()
-    config = SimpleNamespace(net=SimpleNamespace(hidden=16, depth=2, time_dim=8), train=SimpleNamespace(dxdp=SimpleNamespace(tau_entropy=TAU_E)))
+    config = load_config("8gaussians", ["net.hidden=16", "net.depth=2", "net.time_dim=8", "train.ppo.lr_sampler=3e-4", "train.ppo.epochs=2",
+                                         "train.ppo.clip=0.1", "train.ppo.tau_entropy=0.3"])
     agent = torchrl_ppo(policy, mdp, config)
+    assert (agent.config.lr_sampler, agent.config.epochs, agent.config.clip_epsilon, agent.config.tau_entropy) == (3e-4, 2, 0.1, 0.3)
+    assert agent.policy_optimizer.param_groups[0]["lr"] == 3e-4
     dxmi = DxMI(agent, mdp, batch_size=16)
     for _ in range(2):
         metrics = dxmi.step()
     assert all(torch.isfinite(v) for v in metrics.values())
-    state = agent.training_state()
-    agent.load_training_state(state)
+    agent.load_training_state(agent.training_state())
     with pytest.raises(ValueError, match="points"):
         torchrl_ppo(policy, make_mdp((1, 2, 1)), config)
 
