@@ -250,6 +250,16 @@ def test_the_langevin_agent_refuses_a_policy_that_is_not_langevin() -> None:
     assert policy.mean_model.energy is reward.energy  # bound to the energy the loop trains
 
 
+def test_sphere_data_keep_the_decoder_and_the_sampler_mean_on_the_sphere() -> None:
+    from diffrl.anomaly import ResidualMean
+    from diffrl.nets import TimeMLP
+
+    x = torch.nn.functional.normalize(torch.randn(5, 6), dim=-1)
+    with torch.no_grad():
+        for out in (Autoencoder(6, 3, 8, 1, sphere=True)(x), ResidualMean(TimeMLP(6, 6), sphere=True)(x, torch.zeros(5, dtype=torch.long))):
+            torch.testing.assert_close(out.norm(dim=-1), torch.ones(5))
+
+
 def test_anomaly_settings_fail_before_any_work() -> None:
     with pytest.raises(ValueError, match="data.holdout"):
         load_config("8gaussians", ["data.holdout=3"])
