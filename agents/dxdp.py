@@ -27,13 +27,12 @@ __all__ = ["DxDPConfig", "DxDP"]
 
 @dataclass
 class DxDPConfig:
-    """tau_entropy weighs log sigma_t (tau1); the velocity weight tau2 lives on the ChainMDP.
+    """DxDP's optimisation settings; the objective's weights (tau_entropy, tau_velocity) live on the ChainMDP.
 
     value_target: "running" (Algorithm 1), or a time cost "sigmoid" / "constant" / "none" (Algorithm 2).
     target_update: Polyak rate of a target value network, or None for none (the paper's default).
     """
 
-    tau_entropy: float = 0.1
     lr_sampler: float = 1e-4
     lr_sigma: float = 1e-2
     lr_value: float = 1e-3
@@ -45,8 +44,6 @@ class DxDPConfig:
     target_update: float | None = None
 
     def __post_init__(self) -> None:
-        if self.tau_entropy < 0:
-            raise ValueError(f"dxdp.tau_entropy must be >= 0, got {self.tau_entropy}")
         for name in ("lr_sampler", "lr_sigma", "lr_value"):
             if getattr(self, name) < 0:
                 raise ValueError(f"dxdp.{name} must be >= 0, got {getattr(self, name)}")
@@ -78,8 +75,8 @@ class DxDP:
         self.target_value = copy.deepcopy(value).requires_grad_(False) if config.target_update else None
         fixed = time_cost(config.value_target, mdp.horizon, config.time_cost_scale)
         device = mdp.velocity_scale_sq.device
-        self.value_loss = ValueTDLoss(value, mdp, config.tau_entropy, fixed, self.target_value).to(device)
-        self.sampler_loss = SamplerLoss(policy, value, mdp, config.tau_entropy)
+        self.value_loss = ValueTDLoss(value, mdp, fixed, self.target_value).to(device)
+        self.sampler_loss = SamplerLoss(policy, value, mdp)
         self.policy_optimizer = torch.optim.Adam(
             [
                 {"params": policy.mean_parameters(), "lr": config.lr_sampler},

@@ -2,7 +2,7 @@
 
 Costs, lower is better (the spec's sign convention); V is a cost-to-go with V(x, T) = cost(x_T):
 
-    entropy bonus      h_t = tau_entropy log sigma_t                        (``entropy_bonus``)
+    entropy bonus      h_t = tau_entropy log sigma_t  (tau_entropy: ChainMDP's)  (``entropy_bonus``)
     TD target          target_t = V(x_{t+1}, t + 1) + tau_velocity v_t - h_t   (running costs, Algorithm 1)
                        target_t = V(x_{t+1}, t + 1) + R(t)                      (time cost, Algorithm 2)
     value loss         (V(x_t, t) - target_t)^2                             (``squared_td_error``)
@@ -71,17 +71,17 @@ def time_cost(kind: str, horizon: int, scale: float = 1.0) -> Tensor | None:
     raise ValueError(f"unknown time cost {kind!r}; expected sigmoid, constant, none or running")
 
 
-def entropy_bonus(log_sigma: Tensor, t: Tensor, tau_entropy: float) -> Tensor:
-    """h_t = tau_entropy log sigma_t, (*batch,), for log_sigma (T,) and t (*batch,) long in 0..T-1.
+def entropy_bonus(mdp: ChainMDP, log_sigma: Tensor, t: Tensor) -> Tensor:
+    """h_t = mdp.tau_entropy log sigma_t, (*batch,), for log_sigma (T,) and t (*batch,) long in 0..T-1.
 
     The max-entropy term of step t (the per-dimension Gaussian entropy up to a constant): subtracted
     from costs, added to rewards. Differentiable in log_sigma.
     """
-    return tau_entropy * log_sigma[t]
+    return mdp.tau_entropy * log_sigma[t]
 
 
 def td_target(
-    mdp: ChainMDP, next_value: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor, tau_entropy: float,
+    mdp: ChainMDP, next_value: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor,
     fixed_time_cost: Tensor | None = None,
 ) -> Tensor:
     """target_t (*batch,) from next_value = V(x_{t+1}, t + 1) (*batch,) (give it without gradient);
@@ -91,7 +91,7 @@ def td_target(
     """
     if fixed_time_cost is not None:
         return next_value + fixed_time_cost[t]
-    return next_value + mdp.tau_velocity * mdp.velocity_cost(x, x_next, t) - entropy_bonus(log_sigma, t, tau_entropy)
+    return next_value + mdp.tau_velocity * mdp.velocity_cost(x, x_next, t) - entropy_bonus(mdp, log_sigma, t)
 
 
 def squared_td_error(v: Tensor, target: Tensor) -> Tensor:
@@ -100,7 +100,7 @@ def squared_td_error(v: Tensor, target: Tensor) -> Tensor:
 
 
 def sampler_terms(
-    mdp: ChainMDP, cost_to_go: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor, tau_entropy: float
+    mdp: ChainMDP, cost_to_go: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor
 ) -> dict[str, Tensor]:
     """The sampler objective's named terms at states x (*batch, *event), steps t (*batch,) long and
     reparametrised next states x_next, each (*batch,):
@@ -108,12 +108,12 @@ def sampler_terms(
         cost_to_go     V(x', t + 1) (given by the caller, with gradient through x')
         velocity       v_t(x_t, x') (unweighted)
         velocity_cost  tau_velocity v_t, the running cost
-        entropy_bonus  h_t = tau_entropy log sigma_t (log_sigma (T,) with gradient)
+        entropy_bonus  h_t = mdp.tau_entropy log sigma_t (log_sigma (T,) with gradient)
         objective      cost_to_go + velocity_cost - entropy_bonus, to minimise
     """
     velocity = mdp.velocity_cost(x, x_next, t)
     velocity_cost = mdp.tau_velocity * velocity
-    bonus = entropy_bonus(log_sigma, t, tau_entropy)
+    bonus = entropy_bonus(mdp, log_sigma, t)
     return {
         "cost_to_go": cost_to_go, "velocity": velocity, "velocity_cost": velocity_cost, "entropy_bonus": bonus,
         "objective": cost_to_go + velocity_cost - bonus,
@@ -131,12 +131,11 @@ class ValueTDLoss(nn.Module):
         self,
         value: nn.Module,
         mdp: ChainMDP,
-        tau_entropy: float,
         fixed_time_cost: Tensor | None = None,
         target_value: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.value, self.mdp, self.tau_entropy = value, mdp, tau_entropy
+        self.value, self.mdp = value, mdp
         self.target_value = value if target_value is None else target_value
         self.register_buffer("fixed_time_cost", fixed_time_cost)
 
@@ -144,7 +143,7 @@ class ValueTDLoss(nn.Module):
         """(B,) target, no gradient; t (B,) long, log_sigma (T,)."""
         with torch.no_grad():
             next_value = soft_value(self.target_value, self.mdp, x_next, t + 1)
-            return td_target(self.mdp, next_value, x, x_next, t, log_sigma, self.tau_entropy, self.fixed_time_cost)
+            return td_target(self.mdp, next_value, x, x_next, t, log_sigma, self.fixed_time_cost)
 
     def forward(self, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor) -> dict[str, Tensor]:
         target = self.td_target(x, x_next, t, log_sigma)
@@ -160,14 +159,14 @@ class SamplerLoss(nn.Module):
     parameters get gradient too, so step only the policy's optimiser on it.
     """
 
-    def __init__(self, policy: GaussianStepPolicy, value: nn.Module, mdp: ChainMDP, tau_entropy: float) -> None:
+    def __init__(self, policy: GaussianStepPolicy, value: nn.Module, mdp: ChainMDP) -> None:
         super().__init__()
-        self.policy, self.value, self.mdp, self.tau_entropy = policy, value, mdp, tau_entropy
+        self.policy, self.value, self.mdp = policy, value, mdp
 
     def forward(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
         x_next = self.policy(x, t)
         cost_to_go = soft_value(self.value, self.mdp, x_next, t + 1)
-        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, self.policy.log_sigma, self.tau_entropy)
+        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, self.policy.log_sigma)
         return {
             "loss_sampler": terms["objective"].mean(),
             "sampler_cost_to_go": terms["cost_to_go"].mean().detach(),

@@ -51,8 +51,6 @@ class PPOConfig:
     clip, lambda and gradient clip are the usual values, not tuned. For DxMI with a learned energy the
     app uses smaller rates (``train.ppo``)."""
 
-    tau_entropy: float = 0.1
-    """Weight of sum_t log sigma_t (DxDP's tau1); the velocity weight tau2 lives on the ChainMDP."""
     lr_sampler: float = 1e-4
     """Adam learning rate of the policy's mean network."""
     lr_sigma: float = 1e-2
@@ -138,7 +136,7 @@ class PPO(PolicyGradientAgent):
                 baseline = leave_one_out_baseline(to_go) if self.config.baseline == "leave_one_out" else torch.zeros_like(to_go)
                 data["advantage"] = to_go - baseline
         mean_return = rewards.sum(0).mean()
-        stats = {"return": mean_return, "objective": mean_return - entropy_loss(self.policy, self.config.tau_entropy).detach()}
+        stats = {"return": mean_return, "objective": mean_return - entropy_loss(self.policy, self.mdp).detach()}
         return {k: v.reshape(T * B, *v.shape[2:]) for k, v in data.items()}, stats
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -147,7 +145,7 @@ class PPO(PolicyGradientAgent):
         k3 estimate of KL(pi_old || pi): mean (rho - 1) - log rho) and clip_fraction."""
         log_ratio = self.policy.log_prob(batch["x_next"], batch["x"], batch["t"]) - batch["log_prob_old"]
         surrogate = clipped_surrogate(log_ratio, batch["advantage"], self.config.clip)
-        out = {"loss_clip": -self.mdp.horizon * surrogate.mean(), "loss_entropy": entropy_loss(self.policy, self.config.tau_entropy)}
+        out = {"loss_clip": -self.mdp.horizon * surrogate.mean(), "loss_entropy": entropy_loss(self.policy, self.mdp)}
         if self.critic is not None:
             values = critic_values(self.critic, batch["x"], batch["t"], len(self.mdp.event_shape))
             out["loss_value"] = (values - batch["target"]).pow(2).mean()

@@ -64,13 +64,13 @@ BASELINES = ("leave_one_out", "value", "none")
 
 
 def check_pg_config(config: Any, section: str) -> None:
-    """The checks both policy-gradient configs share: finite numbers, rates >= 0, tau >= 0, positive clips,
+    """The checks both policy-gradient configs share: finite numbers, rates >= 0, positive clips,
     a known baseline. ``section`` names the config in errors (e.g. "reinforce")."""
     for f in fields(config):
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{section}.{f.name} must be a finite number, got {value}")
-    for name in ("tau_entropy", "lr_sampler", "lr_sigma", "lr_value"):
+    for name in ("lr_sampler", "lr_sigma", "lr_value"):
         if getattr(config, name) < 0:
             raise ValueError(f"{section}.{name} must be >= 0, got {getattr(config, name)}")
     for name in ("grad_clip", "value_grad_clip"):
@@ -89,8 +89,6 @@ class ReinforceConfig:
     3e-2: J -2.12 / -2.04 / -2.05; baseline value: J as leave_one_out (-2.04) at twice the time. For
     DxMI with a learned energy the app uses smaller rates (``train.reinforce``)."""
 
-    tau_entropy: float = 0.1
-    """Weight of sum_t log sigma_t (DxDP's tau1); the velocity weight tau2 lives on the ChainMDP."""
     lr_sampler: float = 3e-4
     """Adam learning rate of the policy's mean network."""
     lr_sigma: float = 1e-2
@@ -130,11 +128,11 @@ def leave_one_out_baseline(returns: Tensor) -> Tensor:
     return (returns.sum(1, keepdim=True) - returns) / (batch - 1)
 
 
-def entropy_loss(policy: GaussianStepPolicy, tau_entropy: float) -> Tensor:
-    """-sum_t h_t = -tau_entropy * sum_t log sigma_t (``entropy_bonus`` of every step), a scalar: minus
-    the entropy term of J (its gradient on each trainable log sigma_t is -tau_entropy)."""
+def entropy_loss(policy: GaussianStepPolicy, mdp: ChainMDP) -> Tensor:
+    """-sum_t h_t = -mdp.tau_entropy * sum_t log sigma_t (``entropy_bonus`` of every step), a scalar:
+    minus the entropy term of J (its gradient on each trainable log sigma_t is -tau_entropy)."""
     log_sigma = policy.log_sigma
-    return -entropy_bonus(log_sigma, torch.arange(policy.horizon, device=log_sigma.device), tau_entropy).sum()
+    return -entropy_bonus(mdp, log_sigma, torch.arange(policy.horizon, device=log_sigma.device)).sum()
 
 
 def check_chain(chain: Tensor, mdp: ChainMDP) -> None:
@@ -244,7 +242,7 @@ class Reinforce(PolicyGradientAgent):
             baseline = torch.zeros_like(to_go)
         log_prob = self.policy.log_prob(chain[1:], chain[:-1], steps)  # (T, B), summed over the D dimensions
         out["loss_pg"] = -((to_go - baseline) * log_prob).sum(0).mean()
-        out["loss_entropy"] = entropy_loss(self.policy, self.config.tau_entropy)
+        out["loss_entropy"] = entropy_loss(self.policy, self.mdp)
         out["return"] = to_go[0].mean()
         out["objective"] = out["return"] - out["loss_entropy"].detach()
         return out

@@ -32,7 +32,7 @@ A D-dimensional Gaussian step has entropy D log sigma_t + const, so the entropy 
 - SAC: a fixed temperature ``alpha = tau_entropy / D`` (no auto-tuning), gamma = 1; SAC's soft
   value counts -alpha log pi(a_t | s_t) once per step, the entropy term of J (Tianshou's log pi is
   that of the action normalised to [-1, 1], D log b below the action's own: a constant).
-- DxDP: its own ``tau_entropy`` (``DxDPConfig``).
+- DxDP: the same ``mdp.tau_entropy``, in its own losses.
 
 SAC needs a bounded action: Tianshou's SAC policy samples u ~ N(loc, scale), squashes tanh(u) and
 scales it to the action box (-b, b). ``SquashedStepActor`` writes the sampler's (mean m, sigma)
@@ -63,11 +63,13 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
+from diffrl.agent import with_options
 from diffrl.mdp import ChainMDP
 from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
 
 from .dxdp import DxDP
+from .losses import entropy_bonus
 
 __all__ = [
     "flat_observation", "split_observation", "chain_objective",
@@ -104,12 +106,13 @@ def split_observation(obs: Any, event_shape: tuple[int, ...], horizon: int, devi
     return flat[:, :dim].reshape(-1, *event_shape), (flat[:, dim] * horizon).round().long()
 
 
-def chain_objective(chain: Tensor, mdp: ChainMDP, log_sigma: Tensor, tau_entropy: float) -> Tensor:
-    """DxDP's objective per chain, ``sum_t r_t + tau_entropy sum_t log sigma_t`` (higher is better):
+def chain_objective(chain: Tensor, mdp: ChainMDP, log_sigma: Tensor) -> Tensor:
+    """DxDP's objective per chain, ``sum_t r_t + mdp.tau_entropy sum_t log sigma_t`` (higher is better):
     chain (T + 1, B, ...), log_sigma (T,) -> (B,)."""
     horizon, batch = chain.shape[0] - 1, chain.shape[1]
-    t = torch.arange(horizon, device=chain.device).view(-1, 1).expand(horizon, batch)
-    return mdp.step_reward(chain[:-1], chain[1:], t).sum(0) + tau_entropy * log_sigma.sum()
+    steps = torch.arange(horizon, device=chain.device)
+    reward = mdp.step_reward(chain[:-1], chain[1:], steps.view(-1, 1).expand(horizon, batch)).sum(0)
+    return reward + entropy_bonus(mdp, log_sigma, steps).sum()
 
 
 # ---------------------------------------------------------------- networks
@@ -331,7 +334,6 @@ class TianshouPPOConfig:
     fine-tuning a pretrained teacher wants smaller sampler rates (spec section 11), which the
     factories take from an ExperimentConfig's ``train.dxdp``.
 
-    tau_entropy: the objective's entropy weight (``ent_coef = tau_entropy / D``).
     lr_sampler / lr_sigma / lr_critic: Adam rates of the sampler's mean network, of log sigma, of the critic.
     repeat: PPO epochs over each batch of chains; batch_size: transitions per minibatch (None: all).
     eps_clip, gae_lambda, vf_coef, max_grad_norm: Tianshou's PPO arguments (gamma is 1, advantages
@@ -339,7 +341,6 @@ class TianshouPPOConfig:
     critic_hidden / critic_depth / critic_time_dim: the value critic's ``TimeMLP``.
     """
 
-    tau_entropy: float = 0.1
     lr_sampler: float = 1e-4
     lr_sigma: float = 1e-2
     lr_critic: float = 1e-3
@@ -361,7 +362,6 @@ class TianshouSACConfig:
     Gaussian-target chain to within 3% of its optimum in 50 DxMI iterations of 256 chains (tests);
     a pretrained teacher wants smaller sampler rates, as for ``TianshouPPOConfig``.
 
-    tau_entropy: the objective's entropy weight (SAC's fixed ``alpha = tau_entropy / D``).
     lr_sampler / lr_sigma / lr_critic: Adam rates of the sampler's mean network, of log sigma, of both critics.
     action_bound: b of the action box (-b, b) that SAC's tanh squashing needs (module docstring).
     gradient_steps: SAC updates per ``update(chain)``, each on ``batch_size`` transitions drawn
@@ -369,7 +369,6 @@ class TianshouSACConfig:
     target_update: Polyak rate of the target critics. critic_*: each critic's ``TimeMLP``.
     """
 
-    tau_entropy: float = 0.1
     lr_sampler: float = 1e-4
     lr_sigma: float = 1e-2
     lr_critic: float = 1e-3
@@ -384,16 +383,25 @@ class TianshouSACConfig:
 
 
 def _settings(cls: type, config: Any) -> Any:
-    """``config`` itself when it is a ``cls``; the defaults for None; for an ExperimentConfig, the
-    defaults with the run's DxDP settings where they have a counterpart (tau_entropy, the sampler's
-    and sigma's rates, the value's rate for the critics) and its ``net`` sizes for the critics."""
+    """``config`` itself when it is a ``cls``; the defaults for None. For an ExperimentConfig: PPO takes
+    the run's ``train.ppo`` section (agent=ppo's, so the PPO implementations run at equal settings),
+    SAC the run's ``train.dxdp`` rates (sampler, sigma, value for the critics); both the ``net`` sizes
+    for their critics, then ``train.agent_options`` on top (e.g. ``train.agent_options.lr_sampler=1e-5``)."""
     if isinstance(config, cls):
         return config
     if config is None:
         return cls()
-    dxdp, net = config.train.dxdp, config.net
-    return replace(cls(), tau_entropy=dxdp.tau_entropy, lr_sampler=dxdp.lr_sampler, lr_sigma=dxdp.lr_sigma,
-                   lr_critic=dxdp.lr_value, critic_hidden=net.hidden, critic_depth=net.depth, critic_time_dim=net.time_dim)
+    net = config.net
+    settings = replace(cls(), critic_hidden=net.hidden, critic_depth=net.depth, critic_time_dim=net.time_dim)
+    if cls is TianshouPPOConfig:
+        ppo = config.train.ppo
+        settings = replace(settings, lr_sampler=ppo.lr_sampler, lr_sigma=ppo.lr_sigma, lr_critic=ppo.lr_value,
+                           repeat=ppo.epochs, batch_size=ppo.minibatch_size, eps_clip=ppo.clip, gae_lambda=ppo.gae_lambda,
+                           max_grad_norm=ppo.grad_clip)
+    else:
+        dxdp = config.train.dxdp
+        settings = replace(settings, lr_sampler=dxdp.lr_sampler, lr_sigma=dxdp.lr_sigma, lr_critic=dxdp.lr_value)
+    return with_options(settings, config.train.agent_options, "train.agent_options")
 
 
 def _transitions(chain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -449,7 +457,7 @@ class TianshouPPOAgent(_TianshouAgent):
             policy=step_policy(policy), critic=critic.to(mdp.velocity_scale_sq.device),
             optim=StepPolicyAdam(policy, config.lr_sampler, config.lr_sigma, config.lr_critic),
             eps_clip=config.eps_clip, advantage_normalization=False, vf_coef=config.vf_coef,
-            ent_coef=config.tau_entropy / mdp.dim, max_grad_norm=config.max_grad_norm,
+            ent_coef=mdp.tau_entropy / mdp.dim, max_grad_norm=config.max_grad_norm,
             gae_lambda=config.gae_lambda, max_batchsize=config.max_batchsize, gamma=1.0)
 
     def update(self, chain: Tensor) -> dict[str, Tensor]:
@@ -457,7 +465,7 @@ class TianshouPPOAgent(_TianshouAgent):
         objective (``chain_objective``) of the given chains."""
         chain = chain.detach()
         with torch.no_grad():
-            objective = chain_objective(chain, self.mdp, self.policy.log_sigma, self.config.tau_entropy).mean()
+            objective = chain_objective(chain, self.mdp, self.policy.log_sigma).mean()
             x, t, x_next = _transitions(chain)
             buffer = _buffer(x, t, x_next, x_next, self.mdp.step_reward(x, x_next, t), self.mdp.horizon)
         with policy_within_training_step(self.algorithm.policy):
@@ -483,7 +491,7 @@ class TianshouSACAgent(_TianshouAgent):
         adam = StepPolicyAdam(policy, config.lr_sampler, config.lr_sigma, config.lr_critic)
         self.algorithm = SAC(policy=sac_policy(policy, config.action_bound), policy_optim=adam, critic=critics[0],
                              critic_optim=adam, critic2=critics[1], tau=config.target_update, gamma=1.0,
-                             alpha=float(config.tau_entropy / mdp.dim))
+                             alpha=float(mdp.tau_entropy / mdp.dim))
         self.replay: dict[str, Tensor] = {}
 
     def update(self, chain: Tensor) -> dict[str, Tensor]:
@@ -491,7 +499,7 @@ class TianshouSACAgent(_TianshouAgent):
         objective (``chain_objective``) of the given chains."""
         chain = chain.detach()
         with torch.no_grad():
-            objective = chain_objective(chain, self.mdp, self.policy.log_sigma, self.config.tau_entropy).mean()
+            objective = chain_objective(chain, self.mdp, self.policy.log_sigma).mean()
         for key, value in zip(("x", "t", "x_next"), _transitions(chain)):
             kept = value if key not in self.replay else torch.cat([self.replay[key], value])
             self.replay[key] = kept[-self.config.replay_size:]
@@ -521,7 +529,7 @@ def tianshou_ppo(policy: GaussianStepPolicy, mdp: ChainMDP, config: Any = None) 
     """The agent factory ``FACTORY(policy, mdp, config)`` (``diffrl train --agent diffrl.agents.tianshou:tianshou_ppo``).
 
     config: a ``TianshouPPOConfig`` (used as given: the way to override), an ExperimentConfig (the
-    defaults with its tau_entropy and net sizes) or None (the defaults).
+    settings of its train.ppo section, net sizes and train.agent_options) or None (the defaults).
     """
     return TianshouPPOAgent(policy, mdp, _settings(TianshouPPOConfig, config))
 

@@ -25,6 +25,7 @@ from torchrl.modules.distributions import IndependentNormal
 from torchrl.objectives import ClipPPOLoss, LossModule
 from torchrl.objectives.value import GAE
 
+from diffrl.agent import with_options
 from diffrl.envs.torchrl_env import chain_tensordict
 from diffrl.mdp import ChainMDP
 from diffrl.nets import TimeMLP
@@ -147,7 +148,7 @@ class DxDPValueLoss(LossModule):
     target_value_network_params: TensorDictParams
 
     def __init__(
-        self, value_network: TensorDictModule, actor_network: nn.Module, mdp: ChainMDP, tau_entropy: float,
+        self, value_network: TensorDictModule, actor_network: nn.Module, mdp: ChainMDP,
         fixed_time_cost: Tensor | None = None, delay_value: bool = False, reduction: str = "mean",
     ) -> None:
         super().__init__()
@@ -155,7 +156,6 @@ class DxDPValueLoss(LossModule):
         self.convert_to_functional(value_network, "value_network", create_target_params=delay_value)
         self.__dict__["mdp"] = mdp
         self.__dict__["policy"] = _step_policy(actor_network)
-        self.tau_entropy = tau_entropy
         self.register_buffer("fixed_time_cost", fixed_time_cost)
 
     @property
@@ -173,7 +173,7 @@ class DxDPValueLoss(LossModule):
         t = tensordict[keys.step].squeeze(-1)
         with torch.no_grad(), self.target_value_network_params.to_module(net):
             next_value = net(tensordict["next"].select(*net.in_keys)).get(keys.value).squeeze(-1)
-        target = td_target(self.mdp, next_value, x, x_next, t, self.policy.log_sigma.detach(), self.tau_entropy, self.fixed_time_cost)
+        target = td_target(self.mdp, next_value, x, x_next, t, self.policy.log_sigma.detach(), self.fixed_time_cost)
         with self.value_network_params.to_module(net):
             v = net(tensordict.select(*net.in_keys)).get(keys.value).squeeze(-1)
         loss = self._reduce_loss(squared_td_error(v, target), tensordict)
@@ -214,7 +214,7 @@ class DxDPSamplerLoss(LossModule):
     target_value_network_params: TensorDictParams
 
     def __init__(
-        self, actor_network: ProbabilisticActor, value_network: TensorDictModule, mdp: ChainMDP, tau_entropy: float, reduction: str = "mean",
+        self, actor_network: ProbabilisticActor, value_network: TensorDictModule, mdp: ChainMDP, reduction: str = "mean",
     ) -> None:
         super().__init__()
         self.reduction = reduction
@@ -222,7 +222,6 @@ class DxDPSamplerLoss(LossModule):
         self.convert_to_functional(value_network, "value_network")
         self.__dict__["mdp"] = mdp
         self.__dict__["policy"] = _step_policy(actor_network)
-        self.tau_entropy = tau_entropy
 
     @property
     def in_keys(self) -> list[NestedKey]:
@@ -242,7 +241,7 @@ class DxDPSamplerLoss(LossModule):
         after = TensorDict({keys.observation: x_next, keys.step: step + 1}, batch_size=tensordict.batch_size)
         with self.value_network_params.detach().to_module(self.value_network):
             cost_to_go = self.value_network(after).get(keys.value).squeeze(-1)
-        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, log_sigma, self.tau_entropy)
+        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, log_sigma)
         out = {"loss_sampler": self._reduce_loss(terms["objective"], tensordict)}
         out.update({name: terms[name].detach().mean() for name in ("cost_to_go", "velocity_cost", "entropy_bonus")})
         return TensorDict(out, batch_size=[])
@@ -255,8 +254,6 @@ class DxDPSamplerLoss(LossModule):
 class TorchRLPPOConfig:
     """Options of ``TorchRLPPO``; the defaults are ``diffrl.agents.PPOConfig``'s (measured there on a 2-D fixed reward)."""
 
-    tau_entropy: float = 0.1
-    """Weight of sum_t log sigma_t in the objective (DxDP's tau1)."""
     lr_sampler: float = 1e-4
     """Adam learning rate of the policy's mean network."""
     lr_sigma: float = 1e-2
@@ -277,7 +274,7 @@ class TorchRLPPOConfig:
     """Gradient-norm clip of the critic's steps."""
 
     def __post_init__(self) -> None:
-        for name in ("tau_entropy", "lr_sampler", "lr_sigma", "lr_value"):
+        for name in ("lr_sampler", "lr_sigma", "lr_value"):
             if getattr(self, name) < 0:
                 raise ValueError(f"torchrl_ppo.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.gae_lambda <= 1 or not self.clip_epsilon > 0 or self.epochs < 1:
@@ -311,7 +308,7 @@ class TorchRLPPO:
         self.value_operator = value_operator(critic, mdp)
         self.loss = ClipPPOLoss(
             self.actor, self.value_operator, clip_epsilon=config.clip_epsilon, entropy_bonus=True,
-            entropy_coeff=config.tau_entropy / mdp.dim, critic_coeff=1.0, loss_critic_type="l2", normalize_advantage=False,
+            entropy_coeff=mdp.tau_entropy / mdp.dim, critic_coeff=1.0, loss_critic_type="l2", normalize_advantage=False,
         )
         self.gae = GAE(gamma=1.0, lmbda=config.gae_lambda, value_network=self.value_operator)
         self.policy_optimizer = torch.optim.Adam([
@@ -338,7 +335,7 @@ class TorchRLPPO:
         with torch.no_grad():
             data = rollout.clone(False)
             t = data.get("t").squeeze(-1)
-            bonus = entropy_bonus(self.policy.log_sigma.detach(), t, self.config.tau_entropy).unsqueeze(-1)
+            bonus = entropy_bonus(self.mdp, self.policy.log_sigma.detach(), t).unsqueeze(-1)
             data.set(("next", "reward"), data.get(("next", "reward")) + bonus)
             if key not in data.keys():
                 data.set(key, self.actor.get_dist(data).log_prob(data.get("action")))
@@ -381,17 +378,19 @@ class TorchRLPPO:
 def torchrl_ppo(policy: GaussianStepPolicy, mdp: ChainMDP, config: Any) -> TorchRLPPO:
     """The agent factory (``train.agent = diffrl.agents.torchrl:torchrl_ppo``): ``TorchRLPPO`` with the
     options of the run's ``train.ppo`` section (agent=ppo's, so the two PPO implementations run at
-    equal settings: tau_entropy, learning rates, clip, gae_lambda, epochs, minibatch_size, clips) and a
-    fresh ``TimeMLP`` critic of the run's ``net`` sizes (point data, event shape (D,))."""
+    equal settings: learning rates, clip, gae_lambda, epochs, minibatch_size, clips), then
+    ``train.agent_options`` on top, and a fresh ``TimeMLP`` critic of the run's ``net`` sizes (point
+    data, event shape (D,))."""
     if len(mdp.event_shape) != 1:
         raise ValueError(f"torchrl_ppo's critic is an MLP over points of shape (D,); got samples of shape {mdp.event_shape}")
     ppo, net = config.train.ppo, config.net
     if ppo.baseline != "value":
         raise ValueError(f"torchrl_ppo estimates advantages with GAE on a critic: train.ppo.baseline must be value, got {ppo.baseline!r}")
     options = TorchRLPPOConfig(
-        tau_entropy=ppo.tau_entropy, lr_sampler=ppo.lr_sampler, lr_sigma=ppo.lr_sigma, lr_value=ppo.lr_value, clip_epsilon=ppo.clip,
+        lr_sampler=ppo.lr_sampler, lr_sigma=ppo.lr_sigma, lr_value=ppo.lr_value, clip_epsilon=ppo.clip,
         gae_lambda=ppo.gae_lambda, epochs=ppo.epochs, minibatch_size=ppo.minibatch_size, grad_clip=ppo.grad_clip,
         value_grad_clip=ppo.value_grad_clip,
     )
+    options = with_options(options, config.train.agent_options, "train.agent_options")
     critic = TimeMLP(mdp.event_shape[0], 1, hidden=net.hidden, depth=net.depth, time_dim=net.time_dim)
     return TorchRLPPO(policy, mdp, critic.to(mdp.velocity_scale_sq.device), options)

@@ -36,7 +36,7 @@ from _timing import train_seconds
 
 METHODS = {
     "dxmi": [],
-    "dxmi_tau0": ["train.dxdp.tau_entropy=0", "train.tau_velocity=0"],
+    "dxmi_tau0": ["train.tau_entropy=0", "train.tau_velocity=0"],
     "langevin": ["train.agent=langevin", "train.horizon=20"],
     "langevin_replay": ["train.agent=langevin", "train.horizon=20", "anomaly.replay=2000"],
 }

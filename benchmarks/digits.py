@@ -39,7 +39,7 @@ GUIDANCE = 0.3
 VARIANTS = {
     "dxmi_4": ["train.horizon=4"],
     "dxmi_10": [],
-    "dxmi_10_tau0": ["train.dxdp.tau_entropy=0", "train.tau_velocity=0"],
+    "dxmi_10_tau0": ["train.tau_entropy=0", "train.tau_velocity=0"],
     "dxmi_10_no_time_cost": ["train.dxdp.value_target=none"],
 }
 QUICK = [

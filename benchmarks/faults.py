@@ -42,7 +42,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("moved key (0.1 name)", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.steps=10"]),
     ("override without =", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.horizon"]),
     ("horizon 0", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.horizon=0"]),
-    ("negative tau", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.dxdp.tau_entropy=-0.1"]),
+    ("negative tau", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.tau_entropy=-0.1"]),
     ("lr_value nan", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.dxdp.lr_value=nan"]),
     ("lr_sampler nan", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.dxdp.lr_sampler=nan"]),
     ("lr_energy inf", "config", ["train", "--preset", "8gaussians", "--out", NEW, "train.lr_energy=inf"]),
@@ -72,7 +72,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("image channels 2", "config", ["train", "--preset", "digits", "--out", NEW, "image.channels=2"]),
     ("preset YAML that is a list", "config", ["train", "--preset", "{w}/list.yaml", "--out", NEW]),
     ("missing preset YAML", "config", ["train", "--preset", "{w}/nope.yaml", "--out", NEW]),
-    ("unknown agent", "config", ["train", "--preset", "8gaussians", "--teacher", "{w}/teacher", "--out", NEW, *TINY, "--agent", "ppo"]),
+    ("unknown agent", "config", ["train", "--preset", "8gaussians", "--teacher", "{w}/teacher", "--out", NEW, *TINY, "--agent", "a2c"]),
     ("agent module missing", "config", ["train", "--preset", "8gaussians", "--teacher", "{w}/teacher", "--out", NEW, *TINY, "--agent", "no_such_module:make"]),
     ("reward factory missing", "config", ["train", "--preset", "8gaussians", "--teacher", "{w}/teacher", "--out", NEW, *TINY, "--reward", "json:no_such_factory"]),
     # data

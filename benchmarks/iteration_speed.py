@@ -222,7 +222,7 @@ def plain_from_library(dxmi, config, data: Tensor | None = None, seed: int | Non
         velocity_scale_sq=mdp.velocity_scale_sq.clone(),
         c_x=policy.mean_model.c_x.clone(), c_eps=policy.mean_model.c_eps.clone(), tau=policy.mean_model.timesteps.clone(),
         energy_time=energy_at.t,
-        tau_velocity=t.tau_velocity, tau_entropy=d.tau_entropy, gamma=t.gamma, avr_decay=t.avr_decay,
+        tau_velocity=t.tau_velocity, tau_entropy=t.tau_entropy, gamma=t.gamma, avr_decay=t.avr_decay,
         sampler_grad_clip=d.sampler_grad_clip,
         energy_opt=energy_opt, value_opt=value_opt,
         policy_opt=torch.optim.Adam([{"params": list(nets["eps"].parameters()), "lr": lr(agent.policy_optimizer, 0)},
@@ -359,8 +359,8 @@ def torchrl_path(dxmi):
     actor, critic = probabilistic_actor(agent.policy), value_operator(agent.value, mdp)
     return {
         "env": env, "step_module": step_policy_module(agent.policy, env.generator), "actor": actor,
-        "value_loss": DxDPValueLoss(critic, actor, mdp, agent.config.tau_entropy),
-        "sampler_loss": DxDPSamplerLoss(actor, critic, mdp, agent.config.tau_entropy),
+        "value_loss": DxDPValueLoss(critic, actor, mdp),
+        "sampler_loss": DxDPSamplerLoss(actor, critic, mdp),
     }
 
 

@@ -122,8 +122,8 @@ def main() -> None:
     ddpm = teacher(args.cache)
     torch.manual_seed(args.seed)
     policy = ddpm.step_policy(HORIZON, (2,), kind="var", last_sigma=0.05, fix_last=False)
-    mdp = ChainMDP(FixedReward(log_density), (2,), policy.sigma.detach(), tau_velocity=TAU, avr_decay=0.99)
-    rates = {"tau_entropy": TAU, "lr_sampler": args.lr, "lr_sigma": args.lr_sigma, "lr_value": args.lr_value}
+    mdp = ChainMDP(FixedReward(log_density), (2,), policy.sigma.detach(), tau_velocity=TAU, avr_decay=0.99, tau_entropy=TAU)
+    rates = {"lr_sampler": args.lr, "lr_sigma": args.lr_sigma, "lr_value": args.lr_value}
     baseline = {"baseline": args.baseline} if args.baseline else {}
     if args.agent == "reinforce":
         config = ReinforceConfig(**rates, **baseline)

@@ -116,7 +116,7 @@ def main() -> None:
             for s in args.seeds:
                 teacher = f"train.teacher={Path(args.root, ds, f'teacher-s{s}')}"
                 for tau in taus:
-                    o = [teacher, f"train.dxdp.tau_entropy={tau}", f"train.tau_velocity={tau}", *quick]
+                    o = [teacher, f"train.tau_entropy={tau}", f"train.tau_velocity={tau}", *quick]
                     specs.append((ds, s, f"dxmi-tau{tau}", o))
                 if ds == "8gaussians":
                     specs.append((ds, s, "dxmi-scratch-tau0.1", [*SCRATCH, *quick]))

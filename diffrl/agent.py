@@ -1,13 +1,16 @@
 """The agent protocol the DxMI loop is written against."""
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import fields, replace
+from typing import Any, Mapping, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
 from .policy import GaussianStepPolicy
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "with_options"]
+
+Settings = TypeVar("Settings")
 
 
 @runtime_checkable
@@ -28,3 +31,13 @@ class Agent(Protocol):
     def training_state(self) -> dict[str, Any]: ...
 
     def load_training_state(self, state: dict[str, Any]) -> None: ...
+
+
+def with_options(settings: Settings, options: Mapping[str, Any], where: str) -> Settings:
+    """A copy of the dataclass ``settings`` with the fields in ``options`` replaced (how an agent factory
+    applies ``train.agent_options``); an unknown name is a ValueError that lists the known ones."""
+    known = [f.name for f in fields(settings)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: {type(settings).__name__} has no option {', '.join(unknown)}; it has {', '.join(known)}")
+    return replace(settings, **options)

@@ -6,8 +6,15 @@ episode ends after T steps. Costs are per dimension (spec section 2):
     velocity cost  v_t = mean_d (x_{t+1} - x_t)^2 / (2 s_t^2)
     step reward    r_t = -tau_velocity * v_t  (-cost(x_T) added at t = T - 1)
 
-The entropy bonus ``tau_entropy * log sigma_t`` belongs to the max-entropy RL algorithm, not
-the environment: the env cannot see the policy's sigma. The Gymnasium and TorchRL envs and
+The objective every agent maximises is the max-entropy return
+
+    J = E[ sum_t r_t ] + tau_entropy * sum_t log sigma_t
+
+(log sigma_t: the per-dimension entropy of step t's Gaussian, up to a constant). Its weight
+``tau_entropy`` is part of the problem and lives here, beside ``tau_velocity``, so that every
+agent (DxDP, REINFORCE, PPO, TorchRL or Tianshou ones) optimises the same J. The bonus itself
+needs the policy's sigma, which the env cannot see: agents add it
+(``diffrl.agents.losses.entropy_bonus``); env rewards are r_t alone. The Gymnasium and TorchRL envs and
 DxDP's losses all call this module.
 """
 from __future__ import annotations
@@ -26,6 +33,7 @@ class ChainMDP(nn.Module):
     """Horizon, event shape, velocity-cost scales s_t^2 (with AVR) and the terminal reward model.
 
     velocity_scale_init: (T,) initial s_t (usually the sampler's initial sigma_t).
+    tau_velocity, tau_entropy: the weights of the velocity cost and of the entropy term in J (>= 0).
     avr_decay: alpha of the adaptive velocity regularisation EMA, or None to keep s_t fixed.
     start: the start distribution, a module ``start(batch, generator, device) -> x_0 (batch,
     *event_shape)`` (saved with the MDP; e.g. ``diffrl.anomaly.AutoencoderStart``), or None: N(0, I).
@@ -39,6 +47,7 @@ class ChainMDP(nn.Module):
         tau_velocity: float,
         avr_decay: float | None = 0.99,
         start: nn.Module | None = None,
+        tau_entropy: float = 0.1,
     ) -> None:
         super().__init__()
         scale = torch.as_tensor(velocity_scale_init, dtype=torch.float32)
@@ -46,12 +55,14 @@ class ChainMDP(nn.Module):
             raise ValueError("velocity_scale_init must be a 1-D tensor of positive s_t, one per step")
         if tau_velocity < 0:
             raise ValueError(f"tau_velocity must be >= 0, got {tau_velocity}")
+        if tau_entropy < 0:
+            raise ValueError(f"tau_entropy must be >= 0, got {tau_entropy}")
         if avr_decay is not None and not 0.0 <= avr_decay < 1.0:
             raise ValueError(f"avr_decay must be in [0, 1) or None, got {avr_decay}")
         self.reward = reward
         self.event_shape = tuple(event_shape)
         self.horizon = scale.numel()
-        self.tau_velocity = tau_velocity
+        self.tau_velocity, self.tau_entropy = tau_velocity, tau_entropy
         self.avr_decay = avr_decay
         self.start = start
         self.register_buffer("velocity_scale_sq", scale**2)

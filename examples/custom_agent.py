@@ -5,8 +5,9 @@ is one as a user would write it; the pipeline builds it through its factory
 
     make(policy, mdp, config) -> Agent
         policy: diffrl.policy.GaussianStepPolicy, the T-step sampler to train (already on its device)
-        mdp:    diffrl.mdp.ChainMDP, the chain's rewards (velocity cost, terminal reward)
-        config: diffrl.app.ExperimentConfig of the run (this agent reads train.dxdp.tau_entropy)
+        mdp:    diffrl.mdp.ChainMDP, the chain's rewards (velocity cost, terminal reward) and the
+                objective's entropy weight mdp.tau_entropy
+        config: diffrl.app.ExperimentConfig of the run (this agent reads nothing from it)
 
 and names it on the command line or in Python:
 
@@ -90,11 +91,11 @@ class Reinforce:
     """REINFORCE with a leave-one-out baseline on whole chains of the current policy, maximising
     the same entropy-regularised return as DxDP (see the module docstring)."""
 
-    def __init__(self, policy: GaussianStepPolicy, mdp: ChainMDP, tau_entropy: float, lr: float,
+    def __init__(self, policy: GaussianStepPolicy, mdp: ChainMDP, lr: float,
                  lr_sigma: float = LR_SIGMA, grad_clip: float | None = GRAD_CLIP) -> None:
         if policy.horizon != mdp.horizon:
             raise ValueError(f"policy horizon {policy.horizon} != MDP horizon {mdp.horizon}")
-        self.policy, self.mdp, self.tau_entropy = policy, mdp, tau_entropy
+        self.policy, self.mdp, self.tau_entropy = policy, mdp, mdp.tau_entropy
         self.optimizer = torch.optim.Adam([
             {"params": policy.mean_parameters(), "lr": lr},
             {"params": policy.sigma_parameters(), "lr": lr_sigma},
@@ -151,7 +152,7 @@ class Reinforce:
 
 def make(policy: GaussianStepPolicy, mdp: ChainMDP, config) -> Reinforce:
     """The agent factory: ``train.agent = examples.custom_agent:make``."""
-    return Reinforce(policy, mdp, tau_entropy=config.train.dxdp.tau_entropy, lr=LR)
+    return Reinforce(policy, mdp, lr=LR)
 
 
 # ---------------------------------------------------------------- the script

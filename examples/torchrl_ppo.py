@@ -66,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     steps, T = args.steps or (150 if args.quick else 400), 5
     torch.manual_seed(args.seed)
     policy = GaussianStepPolicy.from_schedule(TimeMLP(2, 2, hidden=64, depth=2, time_dim=16), ChainSchedule.var(T), event_shape=(2,))
-    mdp = ChainMDP(FixedReward(log_density), (2,), policy.sigma.detach(), tau_velocity=0.1, avr_decay=None)
-    agent = TorchRLPPO(policy, mdp, TimeMLP(2, 1, hidden=64, depth=2, time_dim=16), TorchRLPPOConfig(tau_entropy=0.1, lr_sampler=1e-3))
+    mdp = ChainMDP(FixedReward(log_density), (2,), policy.sigma.detach(), tau_velocity=0.1, avr_decay=None, tau_entropy=0.1)
+    agent = TorchRLPPO(policy, mdp, TimeMLP(2, 1, hidden=64, depth=2, time_dim=16), TorchRLPPOConfig(lr_sampler=1e-3))
 
     def scores() -> tuple[float, float]:
         """J per chain and |mean(x_T) - c| on 4096 fresh chains (seeded, the same draws before and after)."""
         with torch.no_grad():
             chain = policy.sample(4096, generator=torch.Generator().manual_seed(args.seed + 1))
             rollout = chain_tensordict(mdp, chain)
-            j = rollout["next", "reward"].sum((1, 2)).mean() + agent.config.tau_entropy * policy.log_sigma.sum()
+            j = rollout["next", "reward"].sum((1, 2)).mean() + mdp.tau_entropy * policy.log_sigma.sum()
             distance = (chain[-1].mean(0) - torch.tensor(CENTRE)).norm()
         return float(j), float(distance)
 

@@ -152,7 +152,7 @@ def test_bad_inputs_fail_before_training_with_clear_messages(tmp_path: Path, tea
     assert "trained on D = 2" in _error(capsys, "train", "--out", out, "--teacher", str(teacher), "--data", str(tmp_path / "three.npy"), *TINY)
     assert "unknown preset 'nine-gaussians'" in _error(capsys, "train", "--preset", "nine-gaussians", "--out", out)
     assert "train.horizon (T) must be >= 1, got 0" in _error(capsys, "train", "--out", out, "train.horizon=0")
-    assert "tau_entropy must be >= 0, got -0.1" in _error(capsys, "train", "--out", out, "train.dxdp.tau_entropy=-0.1")
+    assert "tau_entropy must be >= 0, got -0.1" in _error(capsys, "train", "--out", out, "train.tau_entropy=-0.1")
     assert "net.energy_activation must be one of silu, relu, got 'tanh'" in _error(capsys, "train", "--out", out, "net.energy_activation=tanh")
     assert "train.lr_decay must be none or cosine, got 'linear'" in _error(capsys, "train", "--out", out, "train.lr_decay=linear")
     assert "train.energy_ema_decay must be in [0, 1) or null, got 1.0" in _error(capsys, "train", "--out", out, "train.energy_ema_decay=1.0")
@@ -163,3 +163,22 @@ def test_bad_inputs_fail_before_training_with_clear_messages(tmp_path: Path, tea
     assert "nothing to resume" in _error(capsys, "train", "--out", str(tmp_path / "missing"), "--resume")
     assert "bad configuration" in _error(capsys, "train", "--out", out, "train.no_such_key=1")
     assert not Path(out).exists(), "a failed start must not leave a run folder behind"
+
+
+def test_old_config_layouts_load_with_their_keys_moved(tmp_path: Path) -> None:
+    """A 0.1 flat layout and a 0.2 one with tau_entropy in the agent sections load as today's: the run's
+    own agent's tau_entropy becomes train.tau_entropy, the inert copies of the other sections are
+    dropped; on the command line an old key is a one-line error naming the new one."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("task: points\ndata:\n  name: 8gaussians\ntrain:\n  tau_entropy: 0.3\n  lr_sampler: 2.0e-5\n  steps: 7\n")
+    config = load_config(str(flat))
+    assert (config.train.tau_entropy, config.train.dxdp.lr_sampler, config.train.loop.steps) == (0.3, 2e-5, 7)
+    sections = tmp_path / "sections.yaml"
+    sections.write_text("task: points\ntrain:\n  agent: ppo\n  dxdp:\n    tau_entropy: 0.5\n  reinforce:\n    tau_entropy: 0.6\n"
+                        "  ppo:\n    tau_entropy: 0.05\n    epochs: 2\n")
+    config = load_config(str(sections))
+    assert (config.train.tau_entropy, config.train.ppo.epochs) == (0.05, 2)
+    for key, new in (("train.dxdp.tau_entropy", "train.tau_entropy"), ("train.ppo.tau_entropy", "train.tau_entropy"),
+                     ("train.steps", "train.loop.steps")):
+        with pytest.raises(ValueError, match=f"{key} is now {new}"):
+            load_config("8gaussians", [f"{key}=1"])

@@ -42,7 +42,7 @@ def test_dxmi_from_scratch_halves_sliced_wasserstein_on_8gaussians():
     value = mlp(1)
     energy = AtTime(mlp(1), 0)
     mdp = ChainMDP(EnergyReward(energy, lr=3e-3, gamma=1.0), (2,), policy.sigma.detach(), tau_velocity=0.1, avr_decay=0.99)
-    agent = DxDP(policy, value, mdp, DxDPConfig(tau_entropy=0.1, lr_sampler=1e-3, lr_sigma=1e-2, lr_value=3e-3))
+    agent = DxDP(policy, value, mdp, DxDPConfig(lr_sampler=1e-3, lr_sigma=1e-2, lr_value=3e-3))
     dxmi = DxMI(agent, mdp, BatchSampler(train, 64, SEED))
 
     def sw() -> float:
@@ -72,7 +72,7 @@ def test_dxdp_with_a_fixed_reward_moves_samples_to_the_target_mean():
     value = mlp(1)
     reward = FixedReward(log_density)
     mdp = ChainMDP(reward, (2,), policy.sigma.detach(), tau_velocity=0.1, avr_decay=0.99)
-    agent = DxDP(policy, value, mdp, DxDPConfig(tau_entropy=0.1, lr_sampler=3e-3, lr_sigma=1e-2, lr_value=1e-2))
+    agent = DxDP(policy, value, mdp, DxDPConfig(lr_sampler=3e-3, lr_sigma=1e-2, lr_value=1e-2))
     batch = 64
     dxmi = DxMI(agent, mdp, BatchSampler(torch.zeros(batch, 2), batch, SEED))  # data only set the batch size
     assert dxmi.evaluation_energy is None

@@ -46,7 +46,7 @@ VALUES = st.one_of(
     st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from(["none", "relu", "var", "x", "null"])
 )
 KEYS = st.sampled_from([
-    "train.horizon", "train.dxdp.tau_entropy", "train.tau_velocity", "train.dxdp.lr_sampler", "train.lr_energy", "train.loop.steps",
+    "train.horizon", "train.tau_entropy", "train.tau_velocity", "train.dxdp.lr_sampler", "train.lr_energy", "train.loop.steps",
     "train.loop.eval_every", "train.batch_size", "train.schedule", "train.energy_ema_decay", "net.hidden", "net.energy_activation",
     "data.n_eval", "data.outlier_box", "seed", "threads", "train.last_sigma", "train.avr_decay", "train.dxdp.target_update",
 ])
@@ -64,7 +64,7 @@ def test_random_overrides_load_or_fail_in_one_line(overrides: dict) -> None:
         assert len(str(e).strip().splitlines()) == 1 and str(e).strip()
         return
     config.validate()  # what loaded is valid, and stays so
-    assert math.isfinite(config.train.dxdp.tau_entropy) and config.train.horizon >= 1 and config.train.loop.eval_every >= 1
+    assert math.isfinite(config.train.tau_entropy) and config.train.horizon >= 1 and config.train.loop.eval_every >= 1
 
 
 @settings(max_examples=25, deadline=None)

@@ -26,7 +26,7 @@ def energy_fn(x):
 
 
 def make_mdp(avr_decay=None, tau_v=TAU_V) -> ChainMDP:
-    return ChainMDP(FixedReward(lambda x: -energy_fn(x)), (D,), SCALES, tau_velocity=tau_v, avr_decay=avr_decay)
+    return ChainMDP(FixedReward(lambda x: -energy_fn(x)), (D,), SCALES, tau_velocity=tau_v, avr_decay=avr_decay, tau_entropy=TAU_E)
 
 
 def make_value(seed=0) -> TimeMLP:
@@ -173,7 +173,7 @@ def hand_target(value, x, x_next, t, log_sigma, fixed=None):
 
 def test_td_target_running_costs_equals_hand_formula():
     mdp, value = make_mdp(), make_value()
-    loss = ValueTDLoss(value, mdp, TAU_E)
+    loss = ValueTDLoss(value, mdp)
     x, x_next = torch.randn(6, D), torch.randn(6, D)
     t = torch.tensor([0, 1, 2, 2, 1, 0])  # t + 1 == T uses E(x_T)
     log_sigma = SIGMA.log()
@@ -183,7 +183,7 @@ def test_td_target_running_costs_equals_hand_formula():
 def test_td_target_time_cost_equals_hand_formula():
     mdp, value = make_mdp(), make_value()
     fixed = time_cost("sigmoid", T)
-    loss = ValueTDLoss(value, mdp, TAU_E, fixed_time_cost=fixed)
+    loss = ValueTDLoss(value, mdp, fixed_time_cost=fixed)
     x, x_next = torch.randn(6, D), torch.randn(6, D)
     t = torch.tensor([0, 1, 2, 2, 1, 0])
     got = loss.td_target(x, x_next, t, SIGMA.log())
@@ -195,7 +195,7 @@ def test_value_loss_gradient_does_not_flow_through_the_target(step):
     mdp, value = make_mdp(), make_value()
     x, x_next = torch.randn(8, D), torch.randn(8, D)
     t = torch.full((8,), step)
-    out = ValueTDLoss(value, mdp, TAU_E)(x, x_next, t, SIGMA.log())
+    out = ValueTDLoss(value, mdp)(x, x_next, t, SIGMA.log())
     grads = torch.autograd.grad(out["loss_value"], list(value.parameters()))
     target = hand_target(value, x, x_next, t, SIGMA.log())  # a constant
     manual = (value(x, t) - target).pow(2).mean()
@@ -217,7 +217,7 @@ def test_value_loss_with_a_target_network_scores_x_next_with_the_copy():
             p.add_(0.3 * torch.randn_like(p))
     x, x_next = torch.randn(6, D), torch.randn(6, D)
     t = torch.tensor([0, 1, 0, 1, 0, 1])
-    got = ValueTDLoss(value, mdp, TAU_E, target_value=target_net).td_target(x, x_next, t, SIGMA.log())
+    got = ValueTDLoss(value, mdp, target_value=target_net).td_target(x, x_next, t, SIGMA.log())
     torch.testing.assert_close(got, hand_target(target_net, x, x_next, t, SIGMA.log()), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, hand_target(value, x, x_next, t, SIGMA.log()), atol=1e-3)
 
@@ -241,7 +241,7 @@ def hand_sampler_loss(policy, value, x, t, seed):
 
 def test_sampler_loss_gradient_equals_hand_loss_gradient():
     mdp, value, policy = make_mdp(), make_value(), make_policy()
-    loss_fn = SamplerLoss(policy, value, mdp, TAU_E)
+    loss_fn = SamplerLoss(policy, value, mdp)
     x = torch.randn(9, D)
     t = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
     params = list(policy.parameters())
@@ -259,7 +259,7 @@ def test_sampler_loss_gradient_equals_hand_loss_gradient():
 
 def test_sampler_loss_sigma_gradient_matches_finite_differences():
     mdp, value, policy = make_mdp(), make_value(), make_policy()
-    loss_fn = SamplerLoss(policy, value, mdp, TAU_E)
+    loss_fn = SamplerLoss(policy, value, mdp)
     x = torch.randn(16, D)
     t = torch.arange(16) % T
 
@@ -284,7 +284,7 @@ def test_sampler_loss_fixed_last_sigma_gets_no_gradient_parameter():
     mdp, value, policy = make_mdp(), make_value(), make_policy(fix_last=True)
     x = torch.randn(6, D)
     t = torch.full((6,), T - 1)
-    SamplerLoss(policy, value, mdp, TAU_E)(x, t)["loss_sampler"].backward()
+    SamplerLoss(policy, value, mdp)(x, t)["loss_sampler"].backward()
     assert policy.log_sigma_train.grad is not None and float(policy.log_sigma_train.grad.abs().sum()) == 0.0
     assert policy.log_sigma_fixed.grad is None
 
@@ -298,7 +298,7 @@ def flat(params):
 
 def make_agent(**cfg):
     mdp, value, policy = make_mdp(), make_value(), make_policy()
-    return DxDP(policy, value, mdp, DxDPConfig(tau_entropy=TAU_E, **cfg))
+    return DxDP(policy, value, mdp, DxDPConfig(**cfg))
 
 
 def test_dxdp_update_with_zero_value_lr_changes_only_the_policy():

@@ -65,9 +65,9 @@ def test_reinforce_gradient_is_the_analytic_gradient_of_the_max_entropy_objectiv
     torch.manual_seed(0)
     theta, c, sigma, s, tau_v, tau_e, dim = torch.tensor([0.5, -1.0, 0.2]), torch.tensor([1.0, 0.5, -0.5]), 0.7, 0.9, 0.3, 0.5, 3
     policy = GaussianStepPolicy(Shift(theta), torch.tensor([sigma]), (dim,))
-    mdp = ChainMDP(FixedReward(lambda x: -0.5 * (x - c).pow(2).sum(-1)), (dim,), torch.tensor([s]), tau_v, avr_decay=None)
+    mdp = ChainMDP(FixedReward(lambda x: -0.5 * (x - c).pow(2).sum(-1)), (dim,), torch.tensor([s]), tau_v, avr_decay=None, tau_entropy=tau_e)
     critic = mlp(1, dim) if baseline == "value" else None
-    agent = Reinforce(policy, mdp, ReinforceConfig(tau_entropy=tau_e, baseline=baseline), critic)
+    agent = Reinforce(policy, mdp, ReinforceConfig(baseline=baseline), critic)
     estimates, objectives = [], []
     for k in range(16):
         out = agent.loss(chains(policy, 25_000, k))
@@ -105,11 +105,11 @@ def hand_reinforce_loss(policy: GaussianStepPolicy, mdp: ChainMDP, chain: Tensor
     return loss
 
 
-def small_problem(seed: int = 0, tau_v: float = 0.2, reward=None):
+def small_problem(seed: int = 0, tau_v: float = 0.2, reward=None, tau_e: float = 0.3):
     torch.manual_seed(seed)
     policy = GaussianStepPolicy(mlp(2), torch.tensor([0.8, 0.5, 0.1]), (2,), fix_last=True)
     reward = reward or FixedReward(lambda x: -(x - torch.tensor([1.0, -0.5])).pow(2).sum(-1))
-    mdp = ChainMDP(reward, (2,), torch.tensor([0.7, 0.4, 0.2]), tau_v, avr_decay=None)
+    mdp = ChainMDP(reward, (2,), torch.tensor([0.7, 0.4, 0.2]), tau_v, avr_decay=None, tau_entropy=tau_e)
     return policy, mdp
 
 
@@ -120,10 +120,10 @@ def test_reinforce_and_ppo_at_ratio_one_differentiate_the_hand_written_surrogate
     chain = chains(policy, 5, 2)
     params = list(policy.parameters())
     expected = grads(hand_reinforce_loss(policy, mdp, chain, 0.3), params)
-    out = Reinforce(policy, mdp, ReinforceConfig(tau_entropy=0.3)).loss(chain)
+    out = Reinforce(policy, mdp, ReinforceConfig()).loss(chain)
     for got, want in zip(grads(out["loss_pg"] + out["loss_entropy"], params), expected):
         torch.testing.assert_close(got, want)
-    ppo = PPO(policy, mdp, PPOConfig(tau_entropy=0.3, baseline="leave_one_out"))
+    ppo = PPO(policy, mdp, PPOConfig(baseline="leave_one_out"))
     data, _ = ppo.transitions(chain)
     out = ppo.loss(data)
     assert float(out["approx_kl"]) == 0 and float(out["clip_fraction"]) == 0
@@ -136,8 +136,8 @@ def test_the_entropy_term_moves_each_log_sigma_by_exactly_tau_entropy() -> None:
     is exactly -tau_entropy and the mean network gets none (a sampled -log pi bonus would be noisy,
     a mean over steps would give tau / T)."""
     zero = FixedReward(lambda x: torch.zeros(x.shape[0]))
-    for make in (lambda p, m: Reinforce(p, m, ReinforceConfig(tau_entropy=0.3)),
-                 lambda p, m: PPO(p, m, PPOConfig(tau_entropy=0.3, baseline="leave_one_out"))):
+    for make in (lambda p, m: Reinforce(p, m, ReinforceConfig()),
+                 lambda p, m: PPO(p, m, PPOConfig(baseline="leave_one_out"))):
         policy, mdp = small_problem(tau_v=0.0, reward=zero)
         agent = make(policy, mdp)
         chain = chains(policy, 16, 3)
@@ -209,7 +209,7 @@ def test_bad_configs_and_arguments_fail_with_clear_errors() -> None:
     for config, message in [
         (lambda: ReinforceConfig(baseline="mean"), "reinforce.baseline must be one of leave_one_out, value, none"),
         (lambda: ReinforceConfig(lr_sampler=float("nan")), "reinforce.lr_sampler must be a finite number"),
-        (lambda: ReinforceConfig(tau_entropy=-1.0), "reinforce.tau_entropy must be >= 0"),
+        (lambda: ReinforceConfig(lr_sigma=-1.0), "reinforce.lr_sigma must be >= 0"),
         (lambda: PPOConfig(clip=0.0), r"ppo.clip must be in \(0, 1\)"),
         (lambda: PPOConfig(gae_lambda=1.5), r"ppo.gae_lambda must be in \[0, 1\]"),
         (lambda: PPOConfig(epochs=0), "ppo.epochs must be >= 1"),
@@ -359,7 +359,7 @@ def test_cli_trains_with_agent_reinforce(teacher: Path, tmp_path: Path, capsys) 
 
     out = tmp_path / "pg"
     r = cli("train", "--preset", "8gaussians", "--teacher", str(teacher), "--out", str(out), "--agent", "reinforce",
-            "--no-progress", *TINY, "train.reinforce.baseline=value", "train.reinforce.tau_entropy=0.05")
+            "--no-progress", *TINY, "train.reinforce.baseline=value", "train.tau_entropy=0.05")
     assert r.returncode == 0, r.stderr[-3000:]
     saved = (out / "config.yaml").read_text()
     assert "agent: reinforce" in saved and "baseline: value" in saved and "tau_entropy: 0.05" in saved

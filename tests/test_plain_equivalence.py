@@ -42,7 +42,7 @@ def data():
         pytest.param([], id="default"),
         pytest.param(BIG_LR, id="large-lr"),
         pytest.param(BIG_LR + ["train.separate_energy=false", "train.dxdp.lr_value=3e-3"], id="shared-energy"),
-        pytest.param(BIG_LR + ["train.fix_last=true", "train.tau_velocity=1.0", "train.dxdp.tau_entropy=0.5"], id="fix-last"),
+        pytest.param(BIG_LR + ["train.fix_last=true", "train.tau_velocity=1.0", "train.tau_entropy=0.5"], id="fix-last"),
     ],
 )
 def test_library_iteration_equals_plain_torch(data, overrides):

@@ -40,7 +40,7 @@ from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
 
 REPO = Path(__file__).resolve().parent.parent
-TAU = 0.1
+TAU = 0.1  # default_mdp()'s tau_entropy
 SMALL = dict(critic_hidden=32, critic_depth=2, critic_time_dim=16)
 
 
@@ -62,7 +62,7 @@ def make_policy(seed: int = 0, event_shape: tuple[int, ...] = (2,)) -> GaussianS
 
 def objective(policy: GaussianStepPolicy, mdp, n: int = 20000) -> float:
     with torch.no_grad():
-        return chain_objective(policy.sample(n, generator=torch.Generator().manual_seed(123)), mdp, policy.log_sigma, TAU).mean().item()
+        return chain_objective(policy.sample(n, generator=torch.Generator().manual_seed(123)), mdp, policy.log_sigma).mean().item()
 
 
 # ---------------------------------------------------------------- the known optimum
@@ -95,7 +95,7 @@ def test_gaussian_chain_optimum_against_minimisation_and_monte_carlo():
     for t in range(5):
         chain.append(opt.gain[t] * chain[-1] + opt.sigma[t] * torch.randn(200_000, 2, generator=g, dtype=torch.float64))
     chain = torch.stack(chain)
-    value = chain_objective(chain, mdp.double(), opt.sigma.log(), TAU).mean().item()
+    value = chain_objective(chain, mdp.double(), opt.sigma.log()).mean().item()
     assert value == pytest.approx(opt.objective, abs=0.01)
     assert chain[-1].var().item() == pytest.approx(opt.final_variance, rel=0.02)
 
@@ -152,7 +152,7 @@ def test_squashed_actor_keeps_the_median_and_the_spread():
 
 def test_dxdp_algorithm_is_bitwise_diffrl_dxdp_on_collected_chains():
     mdp, batch = default_mdp(), 16
-    config = DxDPConfig(tau_entropy=TAU, lr_sampler=1e-3, lr_sigma=1e-2, sampler_batch=40)
+    config = DxDPConfig(lr_sampler=1e-3, lr_sigma=1e-2, sampler_batch=40)
     policy = make_policy(3)
     value = TimeMLP(2, 1, hidden=32, depth=2, time_dim=16)
     reference = DxDP(copy.deepcopy(policy), copy.deepcopy(value), mdp, config)
@@ -208,7 +208,7 @@ def test_onpolicy_trainer_runs_dxdp_towards_the_optimum():
     optimum = gaussian_chain_optimum(mdp.velocity_scale_sq, mdp.dim, mdp.tau_velocity, TAU).objective
     policy = make_policy(4)
     value = TimeMLP(2, 1, hidden=32, depth=2, time_dim=16)
-    algorithm = DxDPAlgorithm(dxdp=DxDP(policy, value, mdp, DxDPConfig(tau_entropy=TAU, lr_sampler=1e-3, lr_sigma=1e-2)))
+    algorithm = DxDPAlgorithm(dxdp=DxDP(policy, value, mdp, DxDPConfig(lr_sampler=1e-3, lr_sigma=1e-2)))
     env = DiffusionMDPTianshouEnv(mdp, num_envs=n, obs_mode="dict")
     env.seed(0)
     before = objective(policy, mdp)
@@ -230,9 +230,9 @@ def test_adapters_close_the_gap_to_the_optimum_in_the_dxmi_loop(kind):
     optimum = gaussian_chain_optimum(mdp.velocity_scale_sq, mdp.dim, mdp.tau_velocity, TAU).objective
     policy = make_policy(5)
     if kind == "ppo":
-        agent, iterations = tianshou_ppo(policy, mdp, TianshouPPOConfig(tau_entropy=TAU, **SMALL)), 30
+        agent, iterations = tianshou_ppo(policy, mdp, TianshouPPOConfig(**SMALL)), 30
     else:
-        agent, iterations = tianshou_sac(policy, mdp, TianshouSACConfig(tau_entropy=TAU, **SMALL)), 40
+        agent, iterations = tianshou_sac(policy, mdp, TianshouSACConfig(**SMALL)), 40
     loop = DxMI(agent, mdp, batch_size=256)
     before = objective(policy, mdp)
     torch.manual_seed(0)

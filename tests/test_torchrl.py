@@ -46,7 +46,7 @@ def cost(x: torch.Tensor) -> torch.Tensor:
 
 def make_mdp(event_shape: tuple[int, ...] = (D,)) -> ChainMDP:
     reward = FixedReward(lambda x: -cost(x.flatten(1)[:, :D]))
-    return ChainMDP(reward, event_shape, SCALES, tau_velocity=TAU_V, avr_decay=None)
+    return ChainMDP(reward, event_shape, SCALES, tau_velocity=TAU_V, avr_decay=None, tau_entropy=TAU_E)
 
 
 def make_policy(seed: int = 1) -> GaussianStepPolicy:
@@ -201,8 +201,8 @@ def test_value_loss_module_equals_the_fast_path_bitwise() -> None:
     td = rollout(policy, mdp)
     params = list(value.parameters())
     for fixed in (None, time_cost("sigmoid", T)):
-        module = DxDPValueLoss(value_operator(value, mdp), probabilistic_actor(policy), mdp, TAU_E, fixed_time_cost=fixed)
-        fast = ValueTDLoss(value, mdp, TAU_E, fixed_time_cost=fixed)
+        module = DxDPValueLoss(value_operator(value, mdp), probabilistic_actor(policy), mdp, fixed_time_cost=fixed)
+        fast = ValueTDLoss(value, mdp, fixed_time_cost=fixed)
         for s in reversed(range(T)):
             out = module(td[:, s])
             ref = fast(td["x"][:, s], td["action"][:, s], torch.full((B,), s), policy.log_sigma.detach())
@@ -219,8 +219,8 @@ def test_sampler_loss_module_equals_the_fast_path() -> None:
     round differently). Gradient reaches every policy parameter and none reaches the value's."""
     policy, mdp, value = make_policy(), make_mdp(), make_value()
     states = rollout(policy, mdp).reshape(-1).select("x", "t")
-    module = DxDPSamplerLoss(probabilistic_actor(policy), value_operator(value, mdp), mdp, TAU_E)
-    fast = SamplerLoss(policy, value, mdp, TAU_E)
+    module = DxDPSamplerLoss(probabilistic_actor(policy), value_operator(value, mdp), mdp)
+    fast = SamplerLoss(policy, value, mdp)
     params = list(policy.parameters())
     torch.manual_seed(5)
     out = module(states)
@@ -241,7 +241,7 @@ def test_sampler_loss_module_equals_the_fast_path() -> None:
 def test_set_keys_renames_what_the_losses_read() -> None:
     policy, mdp, value = make_policy(), make_mdp(), make_value()
     td = rollout(policy, mdp)[:, 1]
-    module = DxDPValueLoss(value_operator(value, mdp), probabilistic_actor(policy), mdp, TAU_E)
+    module = DxDPValueLoss(value_operator(value, mdp), probabilistic_actor(policy), mdp)
     expected = module(td)["loss_value"]
     module.set_keys(action="x_next")
     with pytest.raises(KeyError):
@@ -255,7 +255,7 @@ def test_set_keys_renames_what_the_losses_read() -> None:
 
 def test_soft_update_moves_the_target_value_by_its_rate() -> None:
     policy, mdp, value = make_policy(), make_mdp(), make_value()
-    module = DxDPValueLoss(value_operator(value, mdp), probabilistic_actor(policy), mdp, TAU_E, delay_value=True)
+    module = DxDPValueLoss(value_operator(value, mdp), probabilistic_actor(policy), mdp, delay_value=True)
     updater = SoftUpdate(module, tau=0.25)
     before = module.target_value_network_params.clone()
     with torch.no_grad():
@@ -270,7 +270,7 @@ def test_soft_update_moves_the_target_value_by_its_rate() -> None:
     td = rollout(policy, mdp)[:, 0]
     lagged = make_value()
     lagged.load_state_dict({k: target[tuple(("module.value." + k).split("."))] for k in lagged.state_dict()})
-    hand = ValueTDLoss(value, mdp, TAU_E, target_value=lagged).td_target(td["x"], td["action"], td["t"].squeeze(-1), policy.log_sigma.detach())
+    hand = ValueTDLoss(value, mdp, target_value=lagged).td_target(td["x"], td["action"], td["t"].squeeze(-1), policy.log_sigma.detach())
     torch.testing.assert_close(module(td)["td_target"], hand.mean())
 
 
@@ -281,7 +281,7 @@ def test_torchrl_ppo_objective_and_entropy_scale() -> None:
     """"return" is J per chain (step rewards + tau_entropy sum_t log sigma_t, by hand); the entropy bonus
     is tau_entropy / D times the analytic entropy, D (log sigma_t + log(2 pi e) / 2), averaged over steps."""
     policy, mdp = make_policy(), make_mdp()
-    agent = TorchRLPPO(policy, mdp, make_value(), TorchRLPPOConfig(tau_entropy=TAU_E, epochs=1))
+    agent = TorchRLPPO(policy, mdp, make_value(), TorchRLPPOConfig(epochs=1))
     assert isinstance(agent, Agent)
     chain = policy.sample(B, generator=torch.Generator().manual_seed(0))
     steps = torch.arange(T)[:, None].expand(T, B)
@@ -297,9 +297,15 @@ def test_torchrl_ppo_objective_and_entropy_scale() -> None:
 def test_torchrl_ppo_factory_reads_train_ppo_and_trains_in_the_dxmi_loop() -> None:
     policy, mdp = make_policy(), make_mdp()
     config = load_config("8gaussians", ["net.hidden=16", "net.depth=2", "net.time_dim=8", "train.ppo.lr_sampler=3e-4", "train.ppo.epochs=2",
-                                         "train.ppo.clip=0.1", "train.ppo.tau_entropy=0.3"])
+                                         "train.ppo.clip=0.1"])
     agent = torchrl_ppo(policy, mdp, config)
-    assert (agent.config.lr_sampler, agent.config.epochs, agent.config.clip_epsilon, agent.config.tau_entropy) == (3e-4, 2, 0.1, 0.3)
+    assert (agent.config.lr_sampler, agent.config.epochs, agent.config.clip_epsilon) == (3e-4, 2, 0.1)
+    config.train.agent_options = {"epochs": 3}
+    assert torchrl_ppo(policy, mdp, config).config.epochs == 3
+    config.train.agent_options = {"epoch": 3}
+    with pytest.raises(ValueError, match="train.agent_options: TorchRLPPOConfig has no option epoch; it has"):
+        torchrl_ppo(policy, mdp, config)
+    config.train.agent_options = {}
     assert agent.policy_optimizer.param_groups[0]["lr"] == 3e-4
     dxmi = DxMI(agent, mdp, batch_size=16)
     for _ in range(2):

@@ -1,7 +1,7 @@
 """The ``diffrl`` command line: pretrain, train, sample, evaluate and config, for every task.
 
     diffrl pretrain --preset 8gaussians --out runs/teacher
-    diffrl train    --preset 8gaussians --out runs/dxmi --teacher runs/teacher train.dxdp.tau_entropy=0.1
+    diffrl train    --preset 8gaussians --out runs/dxmi --teacher runs/teacher train.tau_entropy=0.1
     diffrl train    --out runs/dxmi --resume train.loop.steps=8000
     diffrl train    --preset 8gaussians --teacher runs/teacher --out runs/pg --agent examples.custom_agent:make
     diffrl sample   runs/teacher --n 10000 --steps 1000 --out teacher1000.npy
@@ -25,7 +25,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 OVERRIDES_HELP = (
-    "Config overrides: any field as a dotted key=value after the options, e.g. train.dxdp.tau_entropy=0.01 "
+    "Config overrides: any field as a dotted key=value after the options, e.g. train.tau_entropy=0.01 "
     "train.loop.steps=8000 data.n_eval=5000 seed=1. Sections: data, net, pretrain, train (train.dxdp: DxDP's "
     "options, train.loop: steps and intervals), image, and seed / device / threads / amp / task. "
     "`diffrl config --show PRESET` prints every field with its value."
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         job.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         if name == "train":
             job.add_argument("--teacher", default=None, help="sets train.teacher: a pretrain run folder (images also: a diffusers folder or hub id)")
-            job.add_argument("--agent", default=None, help="sets train.agent: dxdp or MODULE:FACTORY, FACTORY(policy, mdp, config) -> Agent")
+            job.add_argument("--agent", default=None, help="sets train.agent: dxdp, reinforce, ppo or MODULE:FACTORY, FACTORY(policy, mdp, config) -> Agent")
             job.add_argument("--reward", default=None, help="sets train.reward: energy or MODULE:FACTORY, FACTORY(event_shape, config) -> RewardModel")
 
     job = jobs.add_parser("sample", help="draw samples from a run into a .npy file (points: data units; images: uint8 (N, H, W, C) and a PNG grid)")

@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses, YAML presets in ``configs/`` and dotted overrides.
 
-``load_config("8gaussians", ["train.dxdp.tau_entropy=0.01"])`` -> ExperimentConfig. Unknown keys,
+``load_config("8gaussians", ["train.tau_entropy=0.01"])`` -> ExperimentConfig. Unknown keys,
 unknown presets and bad values fail here, before any work starts. The sections compose the
 library's own option classes (``train.dxdp`` is ``DxDPConfig``, ``train.reinforce`` ``ReinforceConfig``,
 ``train.ppo`` ``PPOConfig``, ``train.loop`` ``LoopConfig``),
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -103,7 +103,15 @@ class TrainConfig:
     FACTORY(policy, mdp, config) -> Agent."""
     reward: str = "energy"
     """The reward: energy (a learnable EBM: DxMI), or MODULE:FACTORY with FACTORY(event_shape, config) -> RewardModel."""
+    tau_entropy: float = 0.1
+    """The objective's entropy weight (tau1: J = E[sum_t r_t] + tau_entropy sum_t log sigma_t), the same
+    for every agent: it lives on the ChainMDP (diffrl.mdp)."""
     tau_velocity: float = 0.1
+    """The velocity cost's weight (tau2)."""
+    agent_options: Dict[str, Any] = field(default_factory=dict)
+    """Options of a MODULE:FACTORY agent that reads them (the TorchRL and Tianshou agents apply them to
+    their settings dataclass, e.g. train.agent_options.lr_sampler=1e-5); dxdp, reinforce and ppo
+    read their own sections instead."""
     gamma: float = 1.0
     lr_energy: float = 1e-3
     separate_energy: bool = True
@@ -130,12 +138,12 @@ class TrainConfig:
     128) takes the noise out of the sampler's gradient, which otherwise widens the modes
     (docs/results.md, "Second round")."""
     dxdp: DxDPConfig = field(default_factory=_dxdp_defaults)
-    """DxDP's options (diffrl.agents.DxDPConfig): tau_entropy, learning rates, clips, value target."""
+    """DxDP's options (diffrl.agents.DxDPConfig): learning rates, clips, value target."""
     reinforce: ReinforceConfig = field(default_factory=_reinforce_defaults)
-    """REINFORCE's options (diffrl.agents.ReinforceConfig), used with agent=reinforce: tau_entropy, learning
-    rates, baseline, clips. Its critic (baseline=value) is an MLP of ``net``'s sizes (diffrl.app.pipeline.pg_critic)."""
+    """REINFORCE's options (diffrl.agents.ReinforceConfig), used with agent=reinforce: learning rates,
+    baseline, clips. Its critic (baseline=value) is an MLP of ``net``'s sizes (diffrl.app.pipeline.pg_critic)."""
     ppo: PPOConfig = field(default_factory=_ppo_defaults)
-    """PPO's options (diffrl.agents.PPOConfig), used with agent=ppo: tau_entropy, learning rates, clip, epochs,
+    """PPO's options (diffrl.agents.PPOConfig), used with agent=ppo: learning rates, clip, epochs,
     minibatch_size, gae_lambda, baseline, clips."""
     loop: LoopConfig = field(default_factory=_loop_defaults)
     """The training loop (diffrl.loop.LoopConfig): steps and the logging, evaluation and checkpoint intervals."""
@@ -269,6 +277,7 @@ class ExperimentConfig:
             (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
             (t.horizon >= 1, f"train.horizon (T) must be >= 1, got {t.horizon}"),
             (t.tau_velocity >= 0, f"train.tau_velocity must be >= 0, got {t.tau_velocity}"),
+            (t.tau_entropy >= 0, f"train.tau_entropy must be >= 0, got {t.tau_entropy}"),
             (t.gamma >= 0, f"train.gamma must be >= 0, got {t.gamma}"),
             (t.last_sigma > 0, f"train.last_sigma must be > 0, got {t.last_sigma}"),
             (self.pretrain.steps >= 0, "pretrain.steps must be >= 0"),
@@ -316,25 +325,43 @@ def available_presets() -> list[str]:
 
 MOVED = {
     **{f"train.{k}": f"train.dxdp.{k}" for k in (
-        "tau_entropy", "lr_sampler", "lr_sigma", "lr_value", "value_target", "time_cost_scale",
+        "lr_sampler", "lr_sigma", "lr_value", "value_target", "time_cost_scale",
         "sampler_grad_clip", "value_grad_clip", "sampler_batch", "target_update")},
     **{f"train.{k}": f"train.loop.{k}" for k in ("steps", "log_every", "eval_every", "checkpoint_every")},
+    "train.dxdp.tau_entropy": "train.tau_entropy",
 }
-"""Keys of diffrl 0.1 run folders that moved into the nested sections (old config.yaml files still load)."""
+"""Keys of older run folders that moved (old config.yaml files still load): diffrl 0.1's flat DxDP and
+loop options went into sections of train; DxDP's tau_entropy became the objective's, train.tau_entropy."""
+AGENT_SECTIONS = ("dxdp", "reinforce", "ppo")
 
 
 def _migrate(layer: DictConfig) -> DictConfig:
-    """An old-layout YAML layer with its MOVED keys put where they live now."""
+    """An old-layout YAML layer with its MOVED keys put where they live now. A tau_entropy in an agent
+    section is the objective's only for the run's own agent (train.agent, dxdp by default); the other
+    sections' copies never took effect and are dropped."""
     train = layer.get("train") if isinstance(layer, DictConfig) else None
     if not isinstance(train, DictConfig):
         return layer
+    own = train.get("agent", "dxdp")
+    for section in AGENT_SECTIONS:
+        if isinstance(train.get(section), DictConfig) and "tau_entropy" in train[section]:
+            value = train[section].pop("tau_entropy")
+            if section == own:
+                train["tau_entropy"] = value
     for old, new in MOVED.items():
-        key, (section, sub) = old.split(".")[1], new.split(".")[1:]
-        if key in train:
-            value = train.pop(key)
-            if section not in train:
-                train[section] = {}
-            train[section][sub] = value
+        old_path, new_path = old.split(".")[1:], new.split(".")[1:]
+        parent = train
+        for key in old_path[:-1]:
+            parent = parent.get(key) if isinstance(parent, DictConfig) else None
+        if not isinstance(parent, DictConfig) or old_path[-1] not in parent:
+            continue
+        value = parent.pop(old_path[-1])
+        target = train
+        for key in new_path[:-1]:
+            if key not in target:
+                target[key] = {}
+            target = target[key]
+        target[new_path[-1]] = value
     return layer
 
 
@@ -367,7 +394,9 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         for o in overrides:
             key = o.split("=", 1)[0]
             if key in MOVED:
-                raise ValueError(f"{key} is now {MOVED[key]} (DxDP's and the loop's options are sections of train)")
+                raise ValueError(f"{key} is now {MOVED[key]}")
+            if key in {f"train.{section}.tau_entropy" for section in AGENT_SECTIONS}:
+                raise ValueError(f"{key} is now train.tau_entropy (the objective's entropy weight, the same for every agent)")
         layers.append(OmegaConf.from_dotlist(overrides))
     config = _build(layers)
     resolve_task(config)

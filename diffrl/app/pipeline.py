@@ -227,7 +227,8 @@ def compose(config: ExperimentConfig, task: Task, teacher: DDPM, device: torch.d
     reward = (reward or resolve_factory(t.reward, REWARDS))(task.event_shape, config)
     if not isinstance(reward, RewardModel):
         raise TypeError(f"the reward factory {t.reward!r} returned {type(reward).__name__}, not a diffrl.rewards.RewardModel")
-    mdp = ChainMDP(reward, task.event_shape, policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay, start=task.start())
+    mdp = ChainMDP(reward, task.event_shape, policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay,
+                   start=task.start(), tau_entropy=t.tau_entropy)
     policy.to(device)
     mdp.to(device)
     agent = (agent or resolve_factory(t.agent, AGENTS))(policy, mdp, config)
