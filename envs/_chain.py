@@ -10,22 +10,30 @@ from torch import Tensor
 from diffrl.mdp import ChainMDP
 
 
-def advance(mdp: ChainMDP, x: Tensor, t: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One step of B chains: ``(x_t, t, a_t = x_{t+1}) -> (x_{t+1}, t + 1, r_t, terminated)``.
-
-    x (B, *event_shape), t (B,) long, action (B, *event_shape). Returns x_next (B, *event_shape)
-    (the action, detached, in x's dtype), t_next (B,) long, reward (B,) = ``mdp.step_reward``
-    (higher is better: minus the running cost, minus cost(x_T) on the last step) and terminated (B,)
-    bool (t_next == T). Raises ValueError on a wrong action shape or a chain already at t = T.
-    """
+def next_state(x: Tensor, action: Tensor) -> Tensor:
+    """x_{t+1} = a_t: the action (same shape as x (B, *event_shape)), detached, in x's dtype (the
+    action itself when it already is). Raises ValueError on a wrong action shape."""
     if action.shape != x.shape:
         raise ValueError(
             f"action must be the next sample x_(t+1) of shape {tuple(x.shape)} "
             f"(batch, *event_shape), got {tuple(action.shape)}"
         )
+    if action.requires_grad or action.dtype != x.dtype:
+        return action.detach().to(x.dtype)
+    return action
+
+
+def advance(mdp: ChainMDP, x: Tensor, t: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step of B chains: ``(x_t, t, a_t = x_{t+1}) -> (x_{t+1}, t + 1, r_t, terminated)``.
+
+    x (B, *event_shape), t (B,) long, action (B, *event_shape). Returns x_next (B, *event_shape)
+    (``next_state``), t_next (B,) long, reward (B,) = ``mdp.step_reward`` (higher is better: minus
+    the running cost, minus cost(x_T) on the last step) and terminated (B,) bool (t_next == T).
+    Raises ValueError on a wrong action shape or a chain already at t = T.
+    """
+    x_next = next_state(x, action)
     if bool((t >= mdp.horizon).any()):
         raise ValueError(f"a chain has already taken all T = {mdp.horizon} steps; reset it before stepping")
-    x_next = action.detach().to(x.dtype)
     with torch.no_grad():
         reward = mdp.step_reward(x, x_next, t)
     t_next = t + 1

@@ -22,16 +22,18 @@ per-step and stacking work, which ``rollout``'s options barely change.
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, is_tensor_collection
 from tensordict.nn import TensorDictModuleBase
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import _make_compatible_policy
 
 from diffrl.mdp import ChainMDP
 from diffrl.policy import GaussianStepPolicy
 
-from ._chain import advance
+from ._chain import advance, next_state
 
 __all__ = ["DiffusionMDPEnv", "StepPolicyModule", "step_policy_module", "chain_tensordict", "rollout_chain"]
 
@@ -90,10 +92,116 @@ class DiffusionMDPEnv(EnvBase):
         done = terminated.unsqueeze(-1)
         return self._output({"x": x_next, "t": t_next.unsqueeze(-1), "reward": reward.unsqueeze(-1), "done": done, "terminated": done.clone()})
 
+    def rollout(self, max_steps: int, policy=None, callback=None, **kwargs) -> TensorDictBase:
+        """``EnvBase.rollout``: same arguments, same result, by a shorter route for whole chains from a reset.
+
+        The short route: ``auto_reset`` without ``tensordict``; no ``callback``, ``actions``, ``out``,
+        ``storing_device``, ``set_state``, ``set_truncated`` or ``auto_cast_to_device``; and either
+        ``break_when_any_done`` (the default: the rollout ends at t = T) or at most T steps. After a
+        full reset all chains move in lockstep, so each step's t and done flags are known without
+        looking. The policy runs once per step on the TensorDict ``EnvBase.rollout`` would give it
+        (its own outputs carried over as ``step_mdp`` carries them); a ``StepPolicyModule`` without
+        hooks is called as what its forward does for rows all at one step (``StepPolicyModule.act``).
+        The env's side of a step is ``next_state``; the rewards (``ChainMDP.step_reward``) come at the
+        end for all steps at once, the terminal cost evaluated once; one TensorDict is built from the
+        stacked steps. The result equals ``EnvBase.rollout(env, ...)`` for the same seed and policy:
+        keys in the same order, shapes, dtypes, strides, names, values bitwise. Other calls are
+        ``EnvBase.rollout``'s. A policy that replaces "x" or "t" or writes "next" entries is a
+        RuntimeError here (call ``EnvBase.rollout(env, ...)`` for it).
+        """
+        steps = self._short_route_steps(max_steps, callback, kwargs)
+        if steps is None:
+            return super().rollout(max_steps, policy, callback, **kwargs)
+        if policy is None:
+            policy = self.rand_action
+        else:
+            policy = _make_compatible_policy(policy, self.observation_spec, env=self, fast_wrap=True,
+                                             trust_policy=kwargs.get("trust_policy", False))
+        direct = type(policy) is StepPolicyModule and not _has_forward_hooks(policy)
+        dropped = {key for key, sub in self._step_mdp.exclude_from_root.items() if sub is None}  # "next", done and reward keys
+        td = self._reset(None)  # = reset() here: a full reset has no done flags to check or complete
+        not_done = {key: td.get(key) for key in ("done", "terminated")}  # every step's input flags
+        xs, ts, roots = [td.get("x")], [td.get("t")], []
+        for i in range(steps):
+            if direct:
+                roots.append({"x": xs[-1], "t": ts[-1], **not_done, "action": policy.act(xs[-1], i)})
+            else:
+                td.update(policy(td))
+                roots.append(dict(td.items()))
+                if roots[-1].get("x") is not xs[-1] or roots[-1].get("t") is not ts[-1] or "next" in roots[-1]:
+                    raise RuntimeError("the policy replaced 'x' or 't' or wrote a 'next' entry: call EnvBase.rollout(env, ...) for it")
+            xs.append(next_state(xs[-1], roots[-1]["action"]))
+            ts.append(ts[-1] + 1)
+            if not direct and i < steps - 1:  # the next input as step_mdp makes it: the root's other entries, next x, t, flags
+                carried = {k: v.copy() if is_tensor_collection(v) else v for k, v in roots[-1].items() if k not in dropped}
+                td = self._output({**carried, "x": xs[-1], "t": ts[-1], **not_done})
+        return self._stack_steps(roots, xs, kwargs.get("return_contiguous", False))
+
+    def _stack_steps(self, roots: list[dict[str, Tensor]], xs: list[Tensor], contiguous: bool | None) -> TensorDictBase:
+        """The [B, n] rollout TensorDict of n lockstep steps from t = 0: roots (n) holds each step's root
+        entries (x, t, flags, action, the policy's others), xs the states x_0..x_n (B, *event_shape)."""
+        n = len(roots)
+        size = torch.Size([self.batch_size[0], n])
+        dense = all(r.keys() == roots[0].keys() and all(isinstance(v, Tensor) for v in r.values()) for r in roots)
+        stacked = {key: torch.stack([r[key] for r in roots], 1) for key in roots[0]} if dense else {}
+        x = stacked["x"] if dense else torch.stack(xs[:-1], 1)
+        t = stacked["t"] if dense else torch.stack([r["t"] for r in roots], 1)
+        x_next, t_next = torch.stack(xs[1:], 1), t + 1
+        done = t_next == self.mdp.horizon
+        nxt = {"x": x_next, "t": t_next, "reward": _lockstep_rewards(self.mdp, x, x_next, t.squeeze(-1)).unsqueeze(-1),
+               "done": done, "terminated": done.clone()}
+        if dense:
+            stacked["next"] = TensorDict._new_unsafe(nxt, batch_size=size, device=self.device, names=[None, "time"])
+            return TensorDict._new_unsafe(stacked, batch_size=size, device=self.device, names=[None, "time"])
+        # the policy's entries differ between steps: stack per-step TensorDicts as EnvBase.rollout does
+        tds = [self._output({**r, "next": self._output({k: v[:, i].contiguous() for k, v in nxt.items()})}) for i, r in enumerate(roots)]
+        if contiguous is None:
+            contiguous = not self._has_dynamic_specs
+        out = torch.stack(tds, 1) if contiguous else LazyStackedTensorDict.maybe_dense_stack(tds, 1)
+        return out.refine_names(..., "time")
+
+    def _short_route_steps(self, max_steps: int, callback, kwargs: dict) -> int | None:
+        """The number of steps ``rollout`` takes by its short route, or None when it is ``EnvBase.rollout``'s."""
+        if callback is not None or not isinstance(max_steps, int) or max_steps < 1 or kwargs.get("break_when_all_done"):
+            return None
+        if any(key not in _SHORT_ROUTE_OPTIONS or (key in _SHORT_ROUTE_DEFAULTS and value is not _SHORT_ROUTE_DEFAULTS[key])
+               for key, value in kwargs.items()):
+            return None
+        if self.run_type_checks or self._post_step_mdp_hooks is not None:
+            return None
+        if type(self)._step is not DiffusionMDPEnv._step or type(self)._reset is not DiffusionMDPEnv._reset:
+            return None
+        break_when_any_done = kwargs.get("break_when_any_done")
+        if break_when_any_done is None or break_when_any_done:
+            return min(max_steps, self.mdp.horizon)
+        return max_steps if max_steps <= self.mdp.horizon else None  # longer: EnvBase.rollout resets chains midway
+
     def _set_seed(self, seed: int | None) -> None:
         """Seeds the env's own ``generator`` (x_0 at reset); the global torch RNG is left alone."""
         if seed is not None:
             self.generator.manual_seed(seed)
+
+
+_SHORT_ROUTE_DEFAULTS = {"auto_reset": True, "auto_cast_to_device": False, "tensordict": None, "actions": None, "out": None,
+                         "storing_device": None, "set_state": None, "set_truncated": False}
+"""``EnvBase.rollout``'s options the short route takes only at these values (their defaults)."""
+_SHORT_ROUTE_OPTIONS = {*_SHORT_ROUTE_DEFAULTS, "break_when_any_done", "break_when_all_done", "return_contiguous", "trust_policy"}
+
+
+def _has_forward_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs forward (pre-)hooks, its own or global ones, besides ``forward``."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks)
+
+
+def _lockstep_rewards(mdp: ChainMDP, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
+    """``mdp.step_reward`` of n steps of B chains, (B, n): x, x_next (B, n, *event_shape), t (B, n) long.
+    Columns before the last in one call and the last in another, so that when only the last column can
+    be t = T - 1 (chains in lockstep) the terminal cost is evaluated once, on B samples."""
+    with torch.no_grad():
+        if t.shape[1] == 1:
+            return mdp.step_reward(x, x_next, t)
+        return torch.cat([mdp.step_reward(x[:, :-1], x_next[:, :-1], t[:, :-1]),
+                          mdp.step_reward(x[:, -1:], x_next[:, -1:], t[:, -1:])], 1)
 
 
 class StepPolicyModule(TensorDictModuleBase):
@@ -113,14 +221,20 @@ class StepPolicyModule(TensorDictModuleBase):
         super().__init__()
         self.policy, self.generator = policy, generator
 
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        x, step = tensordict.get("x"), tensordict.get("t").squeeze(-1)
+    def act(self, x: Tensor, t: int | Tensor) -> Tensor:
+        """x_{t+1} (B, *event_shape) from x (B, *event_shape): one noise draw, then the policy without
+        gradient. t: one int for all rows (the policy's int fast path) or (B, 1) long."""
         noise = torch.randn(x.shape, generator=self.generator, device=x.device)
-        first = int(step[0])
-        if first < self.policy.horizon and bool((step == first).all()):
-            step = first  # the chains move in lockstep: the policy's int fast path (same numbers, fewer ops)
         with torch.no_grad():
-            tensordict.set("action", self.policy(x, step, noise))
+            return self.policy(x, t, noise)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        x, t = tensordict.get("x"), tensordict.get("t")
+        low, high = t.aminmax()
+        step = int(low)
+        if step != int(high) or step >= self.policy.horizon:
+            step = t  # rows at different steps (or all at t = T): the policy's tensor path
+        tensordict.set("action", self.act(x, step))  # same numbers either way; the int path takes fewer ops
         return tensordict
 
 

@@ -13,6 +13,10 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
+from tensordict import LazyStackedTensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
+from torch import nn
+from torchrl.envs import EnvBase
 from torchrl.envs.utils import check_env_specs
 
 from diffrl.envs import ENV_ID, DiffusionMDP, DiffusionMDPEnv, DiffusionMDPVectorEnv, step_policy_module
@@ -108,6 +112,181 @@ def test_torchrl_wrong_action_shape_is_a_value_error() -> None:
     td["action"] = torch.zeros(3, 2, 1)
     with pytest.raises(ValueError, match="action must be the next sample"):
         env.step(td)
+
+
+def test_torchrl_rollout_wrong_action_shape_is_a_value_error() -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=3)
+    shrink = TensorDictModule(lambda x: x[:, :1], in_keys=["x"], out_keys=["action"])
+    with pytest.raises(ValueError, match="action must be the next sample"):
+        env.rollout(T, shrink)
+
+
+# ---------------------------------------------------------------- TorchRL: the short route of rollout against EnvBase.rollout
+
+
+def assert_same_rollout(a: TensorDictBase, b: TensorDictBase) -> None:
+    """Same class, batch size, names (also under "next"), device and keys in the same order; every leaf the
+    same dtype, shape, strides, requires_grad and values, bitwise. A lazy stack is compared step by step."""
+    assert type(a) is type(b)
+    if isinstance(a, LazyStackedTensorDict):
+        assert a.stack_dim == b.stack_dim and len(a.tensordicts) == len(b.tensordicts)
+        for u, v in zip(a.tensordicts, b.tensordicts):
+            assert_same_rollout(u, v)
+        return
+    assert a.batch_size == b.batch_size and a.names == b.names and a.device == b.device
+    assert list(a.keys(True, True)) == list(b.keys(True, True))
+    if "next" in b.keys():
+        assert a["next"].names == b["next"].names
+    for key in b.keys(True, True):
+        u, v = a.get(key), b.get(key)
+        assert (u.dtype, u.shape, u.stride(), u.requires_grad) == (v.dtype, v.shape, v.stride(), v.requires_grad), key
+        assert torch.equal(u, v), key
+
+
+def counting_steps(env: DiffusionMDPEnv) -> list[int]:
+    """Counts the env's ``_step`` calls (EnvBase.rollout makes one per step; the short route none)."""
+    calls: list[int] = []
+    step = env._step
+    env._step = lambda td: calls.append(1) or step(td)  # an instance attribute: the class's _step is unchanged
+    return calls
+
+
+def both_rollouts(env: DiffusionMDPEnv, seed: int, max_steps: int, make_policy, **kwargs) -> tuple[TensorDictBase, TensorDictBase, int, int]:
+    """(env.rollout, EnvBase.rollout, _step calls of the first, of the second), each from ``env.set_seed(seed)``,
+    ``torch.manual_seed(seed)`` and a fresh ``make_policy(env)``; asserts that both leave the env's generator in one state."""
+    calls = counting_steps(env)
+    out = []
+    for rollout in (env.rollout, lambda *args, **kw: EnvBase.rollout(env, *args, **kw)):
+        env.set_seed(seed)
+        torch.manual_seed(seed)
+        before = len(calls)
+        out.append((rollout(max_steps, make_policy(env), **kwargs), len(calls) - before, env.generator.get_state()))
+    (a, calls_a, state_a), (b, calls_b, state_b) = out
+    assert torch.equal(state_a, state_b), "the two rollouts drew different amounts from the env's generator"
+    return a, b, calls_a, calls_b
+
+
+class NoisyLinear(nn.Module):
+    """A generic policy with parameters (its action has gradient): action = lin(x) + (t + 1) noise / 10, noise
+    from ``generator``, and a second output t / T."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.lin, self.generator = nn.Linear(2, 2), generator
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn(x.shape, generator=self.generator)
+        return self.lin(x) + (t + 1) * noise / 10, t.float() / T
+
+
+def step_module(env: DiffusionMDPEnv):
+    return step_policy_module(make_policy(), env.generator)
+
+
+@pytest.mark.parametrize(("max_steps", "kwargs"), [
+    (T, {}),
+    (T + 2, {}),
+    (2, {}),
+    (1, {}),
+    (T, {"break_when_any_done": False}),
+    (3, {"break_when_any_done": False, "return_contiguous": True}),
+    (T, {"return_contiguous": None, "break_when_all_done": False}),
+    (T, {"trust_policy": True, "auto_reset": True, "tensordict": None, "set_truncated": False}),
+])
+def test_torchrl_rollout_equals_envbase_rollout(max_steps: int, kwargs: dict) -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=6)
+    a, b, calls_a, calls_b = both_rollouts(env, 4, max_steps, step_module, **kwargs)
+    assert calls_a == 0 and calls_b == min(max_steps, T), "the short route was not taken"
+    assert_same_rollout(a, b)
+    assert a.batch_size == (6, min(max_steps, T)) and a.names == [None, "time"]
+
+
+@pytest.mark.parametrize("policy", ["tensordict_module", "callable", "random", "hooked_step_module", "image_events"])
+def test_torchrl_rollout_with_other_policies_equals_envbase_rollout(policy: str) -> None:
+    """Generic TensorDict policies take the short route too: a TensorDictModule with parameters and an extra
+    output (carried to the next step's input as step_mdp does), a plain callable (wrapped by TorchRL), no
+    policy (random actions from the spec, the global RNG), a StepPolicyModule with a forward hook (called
+    through its forward), 1x2x2 images."""
+    hook_calls: list[int] = []
+    mdp = make_mdp((1, 2, 2) if policy == "image_events" else (2,))
+
+    def make(env: DiffusionMDPEnv):
+        if policy == "tensordict_module":
+            return TensorDictModule(NoisyLinear(env.generator), in_keys=["x", "t"], out_keys=["action", "t_fraction"])
+        if policy in ("callable", "image_events"):
+            return lambda x, t: 0.5 * x + t.reshape(-1, *[1] * (x.ndim - 1))
+        if policy == "hooked_step_module":
+            module = step_module(env)
+            module.register_forward_hook(lambda *args: hook_calls.append(1))
+            return module
+        return None
+
+    env = DiffusionMDPEnv(mdp, batch_size=4)
+    a, b, calls_a, _ = both_rollouts(env, 7, T, make)
+    assert calls_a == 0
+    assert_same_rollout(a, b)
+    if policy == "tensordict_module":
+        assert a["action"].requires_grad and list(a.keys()) == ["x", "t", "done", "terminated", "action", "t_fraction", "next"]
+    if policy == "hooked_step_module":
+        assert len(hook_calls) == 2 * T
+
+
+class LateKeyPolicy(TensorDictModuleBase):
+    """action = x / 2; from step 1 on also ("memory", "h") = its previous value + 1 (zeros at first): the
+    policy's entries differ between steps, and a nested entry is carried from step to step."""
+
+    in_keys = ["x", "t"]
+    out_keys = ["action", ("memory", "h")]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        tensordict.set("action", tensordict.get("x") / 2)
+        if int(tensordict.get("t")[0]) > 0:
+            h = tensordict.get(("memory", "h"), None)
+            tensordict.set(("memory", "h"), torch.zeros(tensordict.shape[0], 3) if h is None else h + 1)
+        return tensordict
+
+
+def test_torchrl_rollout_with_step_dependent_keys_stacks_as_envbase_rollout() -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=3)
+    a, b, calls_a, _ = both_rollouts(env, 0, T, lambda env: LateKeyPolicy())
+    assert calls_a == 0 and isinstance(a, LazyStackedTensorDict)
+    assert_same_rollout(a, b)
+    assert [float(td["memory", "h"][0, 0]) for td in a.tensordicts[1:]] == list(range(T - 1))
+    for rollout in (env.rollout, lambda *args, **kw: EnvBase.rollout(env, *args, **kw)):
+        with pytest.raises(RuntimeError, match="exclusive"):
+            rollout(T, LateKeyPolicy(), return_contiguous=True)
+
+
+@pytest.mark.parametrize(("max_steps", "kwargs"), [
+    (T, {"callback": lambda env, td: None}),
+    (T + 3, {"break_when_any_done": False}),
+    (T, {"break_when_all_done": True}),
+    (T, {"auto_reset": False, "tensordict": "reset"}),
+])
+def test_torchrl_rollout_options_off_the_short_route_are_envbase_rollout(max_steps: int, kwargs: dict) -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=3)
+    if kwargs.get("tensordict") == "reset":
+        env.set_seed(9)
+        start = env.reset()
+        kwargs = {**kwargs, "tensordict": start}
+    else:
+        start = None
+    calls = counting_steps(env)
+    env.set_seed(5)
+    a = env.rollout(max_steps, step_module(env), **{**kwargs, **({"tensordict": start.clone()} if start is not None else {})})
+    assert len(calls) == max_steps, "EnvBase.rollout was not called"
+    env.set_seed(5)
+    b = EnvBase.rollout(env, max_steps, step_module(env), **{**kwargs, **({"tensordict": start.clone()} if start is not None else {})})
+    assert_same_rollout(a, b)
+
+
+def test_torchrl_rollout_refuses_a_policy_that_replaces_the_observation() -> None:
+    env = DiffusionMDPEnv(make_mdp(), batch_size=3)
+    rewrite = TensorDictModule(lambda x: (x.clone(), x / 2), in_keys=["x"], out_keys=["x", "action"])
+    with pytest.raises(RuntimeError, match="replaced 'x'"):
+        env.rollout(T, rewrite)
+    assert EnvBase.rollout(env, T, rewrite).batch_size == (3, T)
 
 
 # ---------------------------------------------------------------- Gymnasium, one chain
