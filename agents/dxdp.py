@@ -71,6 +71,11 @@ class DxDP:
         self.config = config = config or DxDPConfig()
         if policy.horizon != mdp.horizon:
             raise ValueError(f"policy horizon {policy.horizon} != MDP horizon {mdp.horizon}")
+        if mdp.reward.temperature is not None and config.value_target != "running":
+            raise ValueError(
+                f"a reward with a temperature needs dxdp.value_target='running' (got {config.value_target!r}): with a time "
+                "cost the value drops the running costs and the sampler no longer maximises J (docs/rewards.md)"
+            )
         self.policy, self.value, self.mdp = policy, value, mdp
         self.target_value = copy.deepcopy(value).requires_grad_(False) if config.target_update else None
         fixed = time_cost(config.value_target, mdp.horizon, config.time_cost_scale)

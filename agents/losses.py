@@ -3,10 +3,15 @@
 Costs, lower is better (the spec's sign convention); V is a cost-to-go with V(x, T) = cost(x_T):
 
     entropy bonus      h_t = tau_entropy log sigma_t  (tau_entropy: ChainMDP's)  (``entropy_bonus``)
-    TD target          target_t = V(x_{t+1}, t + 1) + tau_velocity v_t - h_t   (running costs, Algorithm 1)
+    running cost       c_t = tau_velocity v_t (+ tau_anchor a_t when the MDP has an anchor)  (``ChainMDP.running_cost``)
+    TD target          target_t = V(x_{t+1}, t + 1) + c_t - h_t                (running costs, Algorithm 1)
                        target_t = V(x_{t+1}, t + 1) + R(t)                      (time cost, Algorithm 2)
     value loss         (V(x_t, t) - target_t)^2                             (``squared_td_error``)
-    sampler objective  V(x', t + 1) + tau_velocity v_t(x_t, x') - h_t,  x' ~ pi(. | x_t, t) reparametrised
+    sampler objective  V(x', t + 1) + c_t(x_t, x') - h_t,  x' ~ pi(. | x_t, t) reparametrised
+
+With a time cost R(t) the value no longer holds the running costs, so the sampler's objective is
+not J (each step weighs only its own running cost): a reward's temperature semantics
+(docs/rewards.md) need the running-cost target, and ``DxDP`` refuses the combination.
 
 Two front ends call these functions: ``ValueTDLoss`` and ``SamplerLoss`` here (plain tensors in,
 dicts out: the fast path of ``DxDP.update``, where TensorDict bookkeeping would cost more than the
@@ -87,11 +92,11 @@ def td_target(
     """target_t (*batch,) from next_value = V(x_{t+1}, t + 1) (*batch,) (give it without gradient);
     x, x_next (*batch, *event), t (*batch,) long in 0..T-1, log_sigma (T,).
 
-    Running costs: next_value + tau_velocity v_t - h_t; with ``fixed_time_cost`` R (T,): next_value + R(t).
+    Running costs: next_value + c_t - h_t (``ChainMDP.running_cost``); with ``fixed_time_cost`` R (T,): next_value + R(t).
     """
     if fixed_time_cost is not None:
         return next_value + fixed_time_cost[t]
-    return next_value + mdp.tau_velocity * mdp.velocity_cost(x, x_next, t) - entropy_bonus(mdp, log_sigma, t)
+    return next_value + mdp.running_cost(x, x_next, t) - entropy_bonus(mdp, log_sigma, t)
 
 
 def squared_td_error(v: Tensor, target: Tensor) -> Tensor:
@@ -108,16 +113,20 @@ def sampler_terms(
         cost_to_go     V(x', t + 1) (given by the caller, with gradient through x')
         velocity       v_t(x_t, x') (unweighted)
         velocity_cost  tau_velocity v_t, the running cost
+        anchor_cost    tau_anchor a_t(x_t, x') (only when the MDP has an anchor)
         entropy_bonus  h_t = mdp.tau_entropy log sigma_t (log_sigma (T,) with gradient)
-        objective      cost_to_go + velocity_cost - entropy_bonus, to minimise
+        objective      cost_to_go + velocity_cost (+ anchor_cost) - entropy_bonus, to minimise
     """
     velocity = mdp.velocity_cost(x, x_next, t)
     velocity_cost = mdp.tau_velocity * velocity
     bonus = entropy_bonus(mdp, log_sigma, t)
-    return {
-        "cost_to_go": cost_to_go, "velocity": velocity, "velocity_cost": velocity_cost, "entropy_bonus": bonus,
-        "objective": cost_to_go + velocity_cost - bonus,
-    }
+    terms = {"cost_to_go": cost_to_go, "velocity": velocity, "velocity_cost": velocity_cost, "entropy_bonus": bonus}
+    if mdp.anchor is None:
+        terms["objective"] = cost_to_go + velocity_cost - bonus
+    else:
+        terms["anchor_cost"] = mdp.tau_anchor * mdp.anchor(x, x_next, t)
+        terms["objective"] = cost_to_go + velocity_cost + terms["anchor_cost"] - bonus
+    return terms
 
 
 class ValueTDLoss(nn.Module):

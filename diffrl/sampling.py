@@ -1,6 +1,7 @@
-"""Sampling functions beside a step policy's own ``sample``: value-guided sampling (spec section 6)
-and the deterministic DDIM baseline (eta = 0) from the same teacher. Both run ``rollout``, so
-noise is drawn in the same order as ``GaussianStepPolicy.sample`` with the same generator.
+"""Sampling functions beside a step policy's own ``sample``: guided sampling (value guidance, spec
+section 6, and classifier or any reward's guidance: one function) and the deterministic DDIM
+baseline (eta = 0) from the same teacher. Both run ``rollout``, so noise is drawn in the same
+order as ``GaussianStepPolicy.sample`` with the same generator.
 """
 from __future__ import annotations
 
@@ -10,30 +11,40 @@ import torch
 from torch import Tensor, nn
 
 from .policy import DDIMMean, GaussianStepPolicy, as_step_index, rollout
+from .rewards import RewardModel
 from .schedules import ChainSchedule
 
-__all__ = ["value_guided_sample", "ddim_sample"]
+__all__ = ["guided_sample", "value_guided_sample", "ddim_sample"]
 
 
-def value_guided_sample(
+def guided_sample(
     policy: GaussianStepPolicy,
-    cost_to_go: Callable[[Tensor, int], Tensor],
+    guide: Callable[[Tensor, int], Tensor] | RewardModel,
     batch: int,
     strength: float,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Chains (T + 1, B, *event_shape) of ``policy`` with value guidance after every step:
+    """Chains (T + 1, B, *event_shape) of ``policy``, each step followed by a gradient step on a cost:
 
-        x_{t+1} <- x_{t+1} - strength * sigma_t * grad_x V(x_{t+1}, t + 1)
+        x_{t+1} <- x_{t+1} - strength * sigma_t * grad_x cost(x_{t+1}, t + 1)
 
-    ``cost_to_go(x, t)``: V of states x (B, ...) at step t in 1..T -> (B,), with V(x, T) = E(x);
-    low = data-like, so the correction moves samples downhill. An image run's time-independent
-    value is ``lambda x, t: energy(x)``. strength = 0 gives exactly ``policy.sample``'s chains.
-    No parameter gets a gradient.
+    guide: the cost, lower is better, differentiable in x: a callable ``cost(x (B, ...), t) -> (B,)``
+    with t in 1..T (value guidance: the soft value V with V(x, T) = E(x); an image run's
+    time-independent value is ``lambda x, t: energy(x)``), or a ``RewardModel``, whose cost
+    -reward(x) is used at every t (classifier guidance: ``ClassifierReward(classifier, label)``
+    gives cost -log p(label | x), so samples move up the class's log-probability). strength = 0
+    gives exactly ``policy.sample``'s chains. No parameter gets a gradient.
     """
     if strength < 0:
         raise ValueError(f"guidance strength must be >= 0, got {strength}")
+    if isinstance(guide, RewardModel):
+        reward = guide
+        cost_to_go = lambda x, t: -reward(x)  # noqa: E731
+    elif callable(guide):
+        cost_to_go = guide
+    else:
+        raise TypeError(f"guide must be a callable cost(x, t) -> (B,) or a RewardModel, got {type(guide).__name__}")
     device = device or policy.log_sigma_fixed.device
     sigma = policy.sigma.detach()
 
@@ -49,6 +60,10 @@ def value_guided_sample(
 
     x0 = torch.randn((batch, *policy.event_shape), generator=generator, device=device)
     return rollout(act, x0, policy.horizon, generator)
+
+
+value_guided_sample = guided_sample
+"""Value guidance (spec section 6): ``guided_sample`` with the cost-to-go V as the guide."""
 
 
 @torch.no_grad()
