@@ -3,7 +3,8 @@
     python benchmarks/agents.py --seeds 0 1 2 --workers 2
 
 DxMI on 8 Gaussians at T = 5: every agent fine-tunes the same DDPM teacher (one pretrain run)
-against the same learnable energy, with the preset's tau, batch and data. Three stages:
+against the same learnable energy, with the preset's tau and data and BATCH chains per iteration.
+Three stages:
 
 1. learning rate: each agent at every rate of GRID (the sampler's mean; sigma and critics keep
    their defaults), seed 0, ITERS iterations; the rate whose selected model has the best
@@ -54,7 +55,9 @@ AGENTS = {
 GRID = (3e-6, 1e-5, 3e-5)
 """The sampler learning rates tried for every agent (the app's fine-tuning default, 1e-5, in the middle)."""
 DATASET = "8gaussians"
-ITERS = 1000
+ITERS = 500
+BATCH = 256
+"""Chains per iteration: half the preset's 512, so that the 45 runs fit in about 40 minutes of two loaded cores."""
 
 
 def _finished(run: Path) -> bool:
@@ -88,7 +91,7 @@ def run_agent(root: str, stage: str, name: str, lr: float, seed: int, iters: int
     run = Path(root, f"{name}-lr{lr:g}-it{iters}-s{seed}")  # stages share a run when its settings agree
     config = load_config(DATASET, [
         f"seed={seed}", "threads=1", f"train.teacher={teacher}", f"train.agent={spec.agent}", f"{spec.lr_key}={lr}",
-        f"train.loop.steps={iters}", f"train.loop.eval_every={max(iters // 4, 1)}",
+        f"train.batch_size={BATCH}", f"train.loop.steps={iters}", f"train.loop.eval_every={max(iters // 4, 1)}",
         f"train.loop.checkpoint_every={max(iters // 4, 1)}", *overrides,
     ])
 
