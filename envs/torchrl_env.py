@@ -93,21 +93,20 @@ class DiffusionMDPEnv(EnvBase):
         return self._output({"x": x_next, "t": t_next.unsqueeze(-1), "reward": reward.unsqueeze(-1), "done": done, "terminated": done.clone()})
 
     def rollout(self, max_steps: int, policy=None, callback=None, **kwargs) -> TensorDictBase:
-        """``EnvBase.rollout``: same arguments, same result, by a shorter route for whole chains from a reset.
+        """``EnvBase.rollout``: same arguments, same result (keys in the same order, shapes, dtypes,
+        strides, names, values bitwise for the same seed and policy), by a shorter route for whole chains.
 
         The short route: ``auto_reset`` without ``tensordict``; no ``callback``, ``actions``, ``out``,
-        ``storing_device``, ``set_state``, ``set_truncated`` or ``auto_cast_to_device``; and either
-        ``break_when_any_done`` (the default: the rollout ends at t = T) or at most T steps. After a
-        full reset all chains move in lockstep, so each step's t and done flags are known without
-        looking. The policy runs once per step on the TensorDict ``EnvBase.rollout`` would give it
-        (its own outputs carried over as ``step_mdp`` carries them); a ``StepPolicyModule`` without
-        hooks is called as what its forward does for rows all at one step (``StepPolicyModule.act``).
-        The env's side of a step is ``next_state``; the rewards (``ChainMDP.step_reward``) come at the
-        end for all steps at once, the terminal cost evaluated once; one TensorDict is built from the
-        stacked steps. The result equals ``EnvBase.rollout(env, ...)`` for the same seed and policy:
-        keys in the same order, shapes, dtypes, strides, names, values bitwise. Other calls are
-        ``EnvBase.rollout``'s. A policy that replaces "x" or "t" or writes "next" entries is a
-        RuntimeError here (call ``EnvBase.rollout(env, ...)`` for it).
+        ``storing_device``, ``set_state``, ``set_truncated`` or ``auto_cast_to_device``; either
+        ``break_when_any_done`` (the default: the rollout ends at t = T) or at most T steps. Other calls
+        go to ``EnvBase.rollout``. After the full reset all chains move in lockstep, so every step's t
+        and done flags are known without looking. The policy runs once per step on the TensorDict
+        ``EnvBase.rollout`` would give it (its other outputs carried over as ``step_mdp`` does); a
+        ``StepPolicyModule`` without hooks is called as its forward acts on rows at one step
+        (``StepPolicyModule.act``), without the TensorDict. The env's side of a step is ``next_state``;
+        the rewards (``ChainMDP.step_reward``) come at the end for all steps, the terminal cost once;
+        one TensorDict is built from the stacked steps. A policy that replaces "x" or "t" or writes
+        "next" entries is a RuntimeError here (``EnvBase.rollout(env, ...)`` takes it).
         """
         steps = self._short_route_steps(max_steps, callback, kwargs)
         if steps is None:
@@ -118,7 +117,7 @@ class DiffusionMDPEnv(EnvBase):
             policy = _make_compatible_policy(policy, self.observation_spec, env=self, fast_wrap=True,
                                              trust_policy=kwargs.get("trust_policy", False))
         direct = type(policy) is StepPolicyModule and not _has_forward_hooks(policy)
-        dropped = {key for key, sub in self._step_mdp.exclude_from_root.items() if sub is None}  # "next", done and reward keys
+        dropped = () if direct else {key for key, sub in self._step_mdp.exclude_from_root.items() if sub is None}  # next, done, reward
         td = self._reset(None)  # = reset() here: a full reset has no done flags to check or complete
         not_done = {key: td.get(key) for key in ("done", "terminated")}  # every step's input flags
         xs, ts, roots = [td.get("x")], [td.get("t")], []
@@ -211,7 +210,8 @@ class StepPolicyModule(TensorDictModuleBase):
     One ``torch.randn`` per step, drawn at the step like ``GaussianStepPolicy.sample``: give it the
     env's ``generator`` to reproduce ``policy.sample`` (module docstring). Losses recompute
     ``policy.log_prob`` or the mean from the stored data. A plain TensorDictModuleBase (no key
-    dispatch) because it runs once per step of every rollout.
+    dispatch) because it runs once per step of every rollout; ``DiffusionMDPEnv.rollout`` calls
+    ``act`` directly.
     """
 
     in_keys = ["x", "t"]
