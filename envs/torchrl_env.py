@@ -246,21 +246,26 @@ def step_policy_module(policy: GaussianStepPolicy, generator: torch.Generator | 
 
 def chain_tensordict(mdp: ChainMDP, chain: Tensor) -> TensorDictBase:
     """Chains (T + 1, B, *event_shape) as the [B, T] TensorDict ``DiffusionMDPEnv.rollout`` would have
-    made of them: "x", "t" (B, T, 1), "action" = x_{t+1}, "done" = "terminated" = False, and under
-    "next" x_{t+1}, t + 1, "reward" (B, T, 1) (``advance``, the env's own step) and "done" =
-    "terminated" (B, T, 1) at t + 1 = T. For chains collected without TorchRL (``DxMI.collect``)."""
+    made of them (same keys in the same order, names, values): "x", "t" (B, T, 1), "done" = "terminated"
+    = False, "action" = x_{t+1}, and under "next" x_{t+1}, t + 1, "reward" (B, T, 1)
+    (``ChainMDP.step_reward``, the terminal cost evaluated on x_T only) and "done" = "terminated"
+    (B, T, 1) at t + 1 = T. "x", "action" and ("next", "x") are views of ``chain``. For chains
+    collected without TorchRL (``DxMI.collect``)."""
     T = mdp.horizon
     if chain.ndim < 2 or chain.shape[0] != T + 1 or tuple(chain.shape[2:]) != mdp.event_shape:
         raise ValueError(f"expected chains of shape (T + 1 = {T + 1}, B, *event_shape = {mdp.event_shape}), got {tuple(chain.shape)}")
-    B = chain.shape[1]
+    B, size = chain.shape[1], torch.Size([chain.shape[1], T])
     x, action = chain[:-1].movedim(0, 1), chain[1:].movedim(0, 1)
-    t = torch.arange(T, device=chain.device).expand(B, T)
-    x_next, t_next, reward, terminated = advance(mdp, x, t, action)
+    x_next = next_state(x, action)
+    t = torch.arange(T, device=chain.device).repeat(B, 1)
+    done = (t + 1 == T).unsqueeze(-1)
     not_done = torch.zeros((B, T, 1), dtype=torch.bool, device=chain.device)
-    nxt = {"x": x_next, "t": t_next.unsqueeze(-1), "reward": reward.unsqueeze(-1), "done": terminated.unsqueeze(-1),
-           "terminated": terminated.unsqueeze(-1).clone()}
-    return TensorDict({"x": x, "t": t.unsqueeze(-1), "action": action, "done": not_done, "terminated": not_done.clone(),
-                       "next": TensorDict(nxt, batch_size=[B, T])}, batch_size=[B, T], device=chain.device)
+    nxt = {"x": x_next, "t": (t + 1).unsqueeze(-1), "reward": _lockstep_rewards(mdp, x, x_next, t).unsqueeze(-1),
+           "done": done, "terminated": done.clone()}
+    return TensorDict._new_unsafe({
+        "x": x, "t": t.unsqueeze(-1), "done": not_done, "terminated": not_done.clone(), "action": action,
+        "next": TensorDict._new_unsafe(nxt, batch_size=size, device=chain.device, names=[None, "time"]),
+    }, batch_size=size, device=chain.device, names=[None, "time"])
 
 
 def rollout_chain(tensordict: TensorDictBase) -> Tensor:

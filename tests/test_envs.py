@@ -19,7 +19,7 @@ from torch import nn
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import check_env_specs
 
-from diffrl.envs import ENV_ID, DiffusionMDP, DiffusionMDPEnv, DiffusionMDPVectorEnv, step_policy_module
+from diffrl.envs import ENV_ID, DiffusionMDP, DiffusionMDPEnv, DiffusionMDPVectorEnv, chain_tensordict, rollout_chain, step_policy_module
 from diffrl.mdp import ChainMDP
 from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
@@ -124,14 +124,15 @@ def test_torchrl_rollout_wrong_action_shape_is_a_value_error() -> None:
 # ---------------------------------------------------------------- TorchRL: the short route of rollout against EnvBase.rollout
 
 
-def assert_same_rollout(a: TensorDictBase, b: TensorDictBase) -> None:
+def assert_same_rollout(a: TensorDictBase, b: TensorDictBase, strides: bool = True) -> None:
     """Same class, batch size, names (also under "next"), device and keys in the same order; every leaf the
-    same dtype, shape, strides, requires_grad and values, bitwise. A lazy stack is compared step by step."""
+    same dtype, shape, strides (unless not ``strides``), requires_grad and values, bitwise. A lazy stack is
+    compared step by step."""
     assert type(a) is type(b)
     if isinstance(a, LazyStackedTensorDict):
         assert a.stack_dim == b.stack_dim and len(a.tensordicts) == len(b.tensordicts)
         for u, v in zip(a.tensordicts, b.tensordicts):
-            assert_same_rollout(u, v)
+            assert_same_rollout(u, v, strides)
         return
     assert a.batch_size == b.batch_size and a.names == b.names and a.device == b.device
     assert list(a.keys(True, True)) == list(b.keys(True, True))
@@ -139,7 +140,8 @@ def assert_same_rollout(a: TensorDictBase, b: TensorDictBase) -> None:
         assert a["next"].names == b["next"].names
     for key in b.keys(True, True):
         u, v = a.get(key), b.get(key)
-        assert (u.dtype, u.shape, u.stride(), u.requires_grad) == (v.dtype, v.shape, v.stride(), v.requires_grad), key
+        assert (u.dtype, u.shape, u.requires_grad) == (v.dtype, v.shape, v.requires_grad), key
+        assert not strides or u.stride() == v.stride(), key
         assert torch.equal(u, v), key
 
 
@@ -279,6 +281,19 @@ def test_torchrl_rollout_options_off_the_short_route_are_envbase_rollout(max_ste
     env.set_seed(5)
     b = EnvBase.rollout(env, max_steps, step_module(env), **{**kwargs, **({"tensordict": start.clone()} if start is not None else {})})
     assert_same_rollout(a, b)
+
+
+def test_torchrl_rollout_and_chain_tensordict_evaluate_the_terminal_cost_once() -> None:
+    """The terminal reward model sees B samples once per rollout (not once per step and chain), and
+    chain_tensordict rebuilds the rollout from its chains: same keys, order, names and values."""
+    rows: list[int] = []
+    mdp = ChainMDP(FixedReward(lambda x: rows.append(x.shape[0]) or log_density(x)), (2,), SCALES, tau_velocity=TAU, avr_decay=None)
+    env = DiffusionMDPEnv(mdp, batch_size=6, seed=2)
+    td = env.rollout(T, step_module(env))
+    assert rows == [6]
+    rebuilt = chain_tensordict(mdp, rollout_chain(td))
+    assert rows == [6, 6]
+    assert_same_rollout(rebuilt, td, strides=False)
 
 
 def test_torchrl_rollout_refuses_a_policy_that_replaces_the_observation() -> None:
