@@ -15,7 +15,8 @@ evaluation of it per rollout, the plain loop none). The rows:
   Tianshou vector   ``DiffusionMDPTianshouEnv`` with a stock ``tianshou.data.Collector`` and the
                     Tianshou policy over the step policy (``diffrl.agents.tianshou.step_policy``):
                     ``collect(n_episode=B)``
-and for reference: TorchRL's own ``EnvBase.rollout`` on the same env (the loop before the env's
+and for reference: the plain loop plus ``ChainMDP.step_reward`` at every step (what any env has to
+compute, without an env), TorchRL's own ``EnvBase.rollout`` on the same env (the loop before the env's
 short route), ``env.rollout`` with the step policy module called through its forward like any
 TensorDict policy (a subclass, so not the module the short route calls directly), a Gymnasium
 ``SyncVectorEnv`` of B single ``DiffusionMDP`` envs (the same loop), and a Tianshou
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from iteration_speed import build_library, cpu_model, make_config, make_data  # noqa: E402
+from iteration_speed import build_library, cpu_model, make_config, make_data, plain_rollout_with_rewards  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 B = 128
@@ -114,6 +115,8 @@ def make_rows(policy, mdp) -> dict:
         "TorchRL: env.rollout(T, step_policy_module(policy, env.generator))": lambda: env.rollout(T, module),
         "Gymnasium: DiffusionMDPVectorEnv, reset + T steps": lambda: gym_loop(gym_vector, policy, T, g),
         "Tianshou: DiffusionMDPTianshouEnv, Collector.collect(n_episode=B)": lambda: collectors["tianshou"].collect(n_episode=B),
+        "reference: plain loop + ChainMDP.step_reward per step (the env's maths, no env)":
+            lambda: plain_rollout_with_rewards(policy, mdp, B, g),
         "reference: TorchRL EnvBase.rollout (TorchRL's own loop)": lambda: EnvBase.rollout(env, T, module),
         "reference: TorchRL env.rollout, the module through its forward": lambda: env.rollout(T, generic),
         "reference: Gymnasium SyncVectorEnv of B DiffusionMDP": lambda: gym_loop(gym_sync, policy, T, g),

@@ -13,11 +13,13 @@ step's noise from the same generator, in the order ``GaussianStepPolicy.sample``
 equals ``policy.sample(B, generator=torch.Generator().manual_seed(s))`` bitwise. The same holds
 for ``diffrl.agents.torchrl.probabilistic_actor(policy, generator=env.generator)``.
 
-Speed (``benchmarks/iteration_speed.py --torchrl-only``, B = 128, D = 2, T = 5): a rollout costs
-about 2.4x ``policy.sample`` (2.3x with ``break_when_any_done=False``), 1.7x the same loop with the
-env's per-step rewards. The env's own code is lean (outputs built without validation, no reset
-checks, the policy's int fast path); the rest is the rewards (the terminal energy) and TorchRL's
-per-step and stacking work, which ``rollout``'s options barely change.
+Speed (``benchmarks/env_speed.py``, docs/results/env_speed.json; B = 128, D = 2, T = 5, the DxMI
+run's policy and energy reward, one thread on a shared 2-core machine): ``env.rollout`` costs about
+1.5x ``policy.sample`` (which computes no rewards); the plain loop plus the MDP's rewards alone
+costs about 1.45x in the same run, TorchRL's own ``EnvBase.rollout`` on this env 2.3x. ``rollout``
+takes a short route for whole chains from a reset (its docstring): no per-step env TensorDicts,
+``StepPolicyModule`` called directly, rewards for all steps at once with the terminal energy
+evaluated once.
 """
 from __future__ import annotations
 
