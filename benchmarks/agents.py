@@ -58,6 +58,8 @@ DATASET = "8gaussians"
 ITERS = 500
 BATCH = 256
 """Chains per iteration: half the preset's 512, so that the 45 runs fit in about 40 minutes of two loaded cores."""
+N_EVAL = 2000
+"""Samples per evaluation during training (model selection on validation SW) and, doubled, for the final scores."""
 
 
 def _finished(run: Path) -> bool:
@@ -91,7 +93,7 @@ def run_agent(root: str, stage: str, name: str, lr: float, seed: int, iters: int
     run = Path(root, f"{name}-lr{lr:g}-it{iters}-s{seed}")  # stages share a run when its settings agree
     config = load_config(DATASET, [
         f"seed={seed}", "threads=1", f"train.teacher={teacher}", f"train.agent={spec.agent}", f"{spec.lr_key}={lr}",
-        f"train.batch_size={BATCH}", f"train.loop.steps={iters}", f"train.loop.eval_every={max(iters // 4, 1)}",
+        f"train.batch_size={BATCH}", f"data.n_eval={N_EVAL}", f"train.loop.steps={iters}", f"train.loop.eval_every={max(iters // 4, 1)}",
         f"train.loop.checkpoint_every={max(iters // 4, 1)}", *overrides,
     ])
 
@@ -99,8 +101,8 @@ def run_agent(root: str, stage: str, name: str, lr: float, seed: int, iters: int
         pipeline.train(config, run, resume=(run / "config.yaml").is_file(), progress=False)
 
     seconds = train_seconds(run, train, finished=_finished(run))
-    val = pipeline.evaluate(run, seed=seed, split="val")
-    test = pipeline.evaluate(run, seed=seed)
+    val = pipeline.evaluate(run, n=2 * N_EVAL, seed=seed, split="val")
+    test = pipeline.evaluate(run, n=2 * N_EVAL, seed=seed)
     transitions = iters * config.train.batch_size * config.train.horizon
     return {"agent": name, "stage": stage, "lr": lr, "seed": seed, "iters": iters, "seconds": seconds,
             "transitions": transitions, "val": val, "test": test}
@@ -134,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     if "dxdp" not in args.agents:
         parser.error("the wall-time budget is DxDP's: keep dxdp among --agents")
-    quick = ["pretrain.steps=200", "data.n_eval=1000"] if args.quick else []
+    quick = ["pretrain.steps=200"] if args.quick else []
     iters = 20 if args.quick else args.iters
     start = time.time()
 
