@@ -18,8 +18,7 @@ run's policy and energy reward, one thread on a shared 2-core machine): ``env.ro
 1.5x ``policy.sample`` (which computes no rewards); the plain loop plus the MDP's rewards alone
 costs about 1.45x in the same run, TorchRL's own ``EnvBase.rollout`` on this env 2.3x. ``rollout``
 takes a short route for whole chains from a reset (its docstring): no per-step env TensorDicts,
-``StepPolicyModule`` called directly, rewards for all steps at once with the terminal energy
-evaluated once.
+``StepPolicyModule`` called directly, the rewards after the loop.
 """
 from __future__ import annotations
 
@@ -106,9 +105,9 @@ class DiffusionMDPEnv(EnvBase):
         ``EnvBase.rollout`` would give it (its other outputs carried over as ``step_mdp`` does); a
         ``StepPolicyModule`` without hooks is called as its forward acts on rows at one step
         (``StepPolicyModule.act``), without the TensorDict. The env's side of a step is ``next_state``;
-        the rewards (``ChainMDP.step_reward``) come at the end for all steps, the terminal cost once;
-        one TensorDict is built from the stacked steps. A policy that replaces "x" or "t" or writes
-        "next" entries is a RuntimeError here (``EnvBase.rollout(env, ...)`` takes it).
+        the rewards (``ChainMDP.step_reward``, the calls ``_step`` makes) come after the loop, and one
+        TensorDict is built from the stacked steps. A policy that replaces "x" or "t" or writes "next"
+        entries is a RuntimeError here (``EnvBase.rollout(env, ...)`` takes it).
         """
         steps = self._short_route_steps(max_steps, callback, kwargs)
         if steps is None:
@@ -149,8 +148,8 @@ class DiffusionMDPEnv(EnvBase):
         t = stacked["t"] if dense else torch.stack([r["t"] for r in roots], 1)
         x_next, t_next = torch.stack(xs[1:], 1), t + 1
         done = t_next == self.mdp.horizon
-        nxt = {"x": x_next, "t": t_next, "reward": _lockstep_rewards(self.mdp, x, x_next, t.squeeze(-1)).unsqueeze(-1),
-               "done": done, "terminated": done.clone()}
+        reward = _step_rewards(self.mdp, xs, [r["t"].squeeze(-1) for r in roots])
+        nxt = {"x": x_next, "t": t_next, "reward": reward.unsqueeze(-1), "done": done, "terminated": done.clone()}
         if dense:
             stacked["next"] = TensorDict._new_unsafe(nxt, batch_size=size, device=self.device, names=[None, "time"])
             return TensorDict._new_unsafe(stacked, batch_size=size, device=self.device, names=[None, "time"])
@@ -194,15 +193,12 @@ def _has_forward_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks)
 
 
-def _lockstep_rewards(mdp: ChainMDP, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
-    """``mdp.step_reward`` of n steps of B chains, (B, n): x, x_next (B, n, *event_shape), t (B, n) long.
-    Columns before the last in one call and the last in another, so that when only the last column can
-    be t = T - 1 (chains in lockstep) the terminal cost is evaluated once, on B samples."""
+def _step_rewards(mdp: ChainMDP, states: list[Tensor], steps: list[Tensor]) -> Tensor:
+    """``mdp.step_reward`` of n steps, (B, n): states x_0..x_n (B, *event_shape) and steps (n) the t (B,) long
+    of x_0..x_{n-1}. One call per step, the call ``_step`` makes, so the rewards are bitwise the env's step's
+    (a batched call can round differently: reductions and networks in the costs depend on the batch's size)."""
     with torch.no_grad():
-        if t.shape[1] == 1:
-            return mdp.step_reward(x, x_next, t)
-        return torch.cat([mdp.step_reward(x[:, :-1], x_next[:, :-1], t[:, :-1]),
-                          mdp.step_reward(x[:, -1:], x_next[:, -1:], t[:, -1:])], 1)
+        return torch.stack([mdp.step_reward(x, x_next, t) for x, x_next, t in zip(states[:-1], states[1:], steps)], 1)
 
 
 class StepPolicyModule(TensorDictModuleBase):
@@ -250,7 +246,7 @@ def chain_tensordict(mdp: ChainMDP, chain: Tensor) -> TensorDictBase:
     """Chains (T + 1, B, *event_shape) as the [B, T] TensorDict ``DiffusionMDPEnv.rollout`` would have
     made of them (same keys in the same order, names, values): "x", "t" (B, T, 1), "done" = "terminated"
     = False, "action" = x_{t+1}, and under "next" x_{t+1}, t + 1, "reward" (B, T, 1)
-    (``ChainMDP.step_reward``, the terminal cost evaluated on x_T only) and "done" = "terminated"
+    (``ChainMDP.step_reward`` per step, as the env's step calls it) and "done" = "terminated"
     (B, T, 1) at t + 1 = T. "x", "action" and ("next", "x") are views of ``chain``. For chains
     collected without TorchRL (``DxMI.collect``)."""
     T = mdp.horizon
@@ -262,8 +258,8 @@ def chain_tensordict(mdp: ChainMDP, chain: Tensor) -> TensorDictBase:
     t = torch.arange(T, device=chain.device).repeat(B, 1)
     done = (t + 1 == T).unsqueeze(-1)
     not_done = torch.zeros((B, T, 1), dtype=torch.bool, device=chain.device)
-    nxt = {"x": x_next, "t": (t + 1).unsqueeze(-1), "reward": _lockstep_rewards(mdp, x, x_next, t).unsqueeze(-1),
-           "done": done, "terminated": done.clone()}
+    reward = _step_rewards(mdp, list(chain), list(t.T))
+    nxt = {"x": x_next, "t": (t + 1).unsqueeze(-1), "reward": reward.unsqueeze(-1), "done": done, "terminated": done.clone()}
     return TensorDict._new_unsafe({
         "x": x, "t": t.unsqueeze(-1), "done": not_done, "terminated": not_done.clone(), "action": action,
         "next": TensorDict._new_unsafe(nxt, batch_size=size, device=chain.device, names=[None, "time"]),

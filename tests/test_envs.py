@@ -20,7 +20,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import check_env_specs
 
 from diffrl.envs import ENV_ID, DiffusionMDP, DiffusionMDPEnv, DiffusionMDPVectorEnv, chain_tensordict, rollout_chain, step_policy_module
-from diffrl.mdp import ChainMDP
+from diffrl.mdp import ChainMDP, TeacherAnchor
 from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
 from diffrl.rewards import FixedReward
@@ -281,6 +281,19 @@ def test_torchrl_rollout_options_off_the_short_route_are_envbase_rollout(max_ste
     env.set_seed(5)
     b = EnvBase.rollout(env, max_steps, step_module(env), **{**kwargs, **({"tensordict": start.clone()} if start is not None else {})})
     assert_same_rollout(a, b)
+
+
+def test_torchrl_rollout_with_a_teacher_anchor_equals_envbase_rollout() -> None:
+    """The anchor's running cost runs a network, whose last bits can depend on the batch's size: the
+    rewards still equal EnvBase.rollout's bitwise, and chain_tensordict's."""
+    torch.manual_seed(0)
+    teacher = GaussianStepPolicy(TimeMLP(2, 2, hidden=16, depth=3, time_dim=16), torch.linspace(0.6, 0.2, T), (2,))
+    mdp = ChainMDP(FixedReward(log_density), (2,), SCALES, tau_velocity=TAU, avr_decay=None, anchor=TeacherAnchor(teacher), tau_anchor=0.1)
+    env = DiffusionMDPEnv(mdp, batch_size=7)
+    a, b, calls_a, _ = both_rollouts(env, 1, T, step_module)
+    assert calls_a == 0
+    assert_same_rollout(a, b)
+    assert_same_rollout(chain_tensordict(mdp, rollout_chain(a)), a, strides=False)
 
 
 def test_torchrl_rollout_and_chain_tensordict_evaluate_the_terminal_cost_once() -> None:
