@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["sinusoidal_embedding", "TimeMLP", "AtTime", "ACTIVATIONS"]
+__all__ = ["sinusoidal_embedding", "TimeMLP", "AtTime", "ResidualMean", "ACTIVATIONS"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
@@ -74,3 +74,14 @@ class AtTime(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x, torch.full(x.shape[: x.ndim - self.event_ndim], self.t, device=x.device))
+
+
+class ResidualMean(nn.Module):
+    """mean(x, t) = x + net(x, t), (B, ...): a step-policy mean that starts as a random walk (net ~ 0)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return x + self.net(x, t)
