@@ -7,7 +7,10 @@ Each target is a ``Target``: ``log_prob(x (B, D)) -> (B,)`` (normalised here, so
 - ``gmm40``: the 40-mode 2-D Gaussian mixture of FAB (Midgley et al. 2023) and iDEM (Akhound-Sadegh
   et al. 2024): equal weights, means uniform on [-40, 40]^2 drawn with ``torch.manual_seed(seed)``,
   per-axis std softplus(1) = 1.3133;
-- ``funnel``: Neal's funnel in 10-D: v ~ N(0, 3^2), x_i | v ~ N(0, e^v), i = 1..9.
+- ``funnel``: Neal's funnel in 10-D: v ~ N(0, 3^2), x_i | v ~ N(0, e^v), i = 1..9;
+- ``manywell``: FAB's many-well in 32-D, 16 independent double wells (x_{2i}, x_{2i+1}) with
+  log p~ = sum_i (-x_{2i}^4 + 6 x_{2i}^2 + x_{2i} / 2 - x_{2i+1}^2 / 2), unnormalised: ``log_z``
+  is computed by quadrature in float64, exact samples by inverse CDF on a fine grid.
 
 ``scaled(target, scale)`` is the density of x / scale (log p(scale y) + D log scale): a sampler
 started from N(0, I) then works in units where the target spreads over a few units.
@@ -26,17 +29,19 @@ from torch import Tensor
 from .mdp import ChainMDP
 from .policy import GaussianStepPolicy
 
-__all__ = ["Target", "gauss", "gmm40", "funnel", "scaled", "TARGETS", "importance_log_weights"]
+__all__ = ["Target", "gauss", "gmm40", "gmm40_means", "GMM40_STD", "funnel", "manywell", "scaled", "TARGETS", "importance_log_weights"]
 
 
 @dataclass(frozen=True)
 class Target:
-    """A target density in D dimensions: ``log_prob`` (B, D) -> (B,), ``sample`` (n, generator) -> (n, D) or None."""
+    """A target density in D dimensions: ``log_prob`` (B, D) -> (B,), ``sample`` (n, generator) -> (n, D)
+    or None, and ``log_z``, the log-normaliser of ``log_prob`` (0 for a normalised one)."""
 
     name: str
     dim: int
     log_prob: Callable[[Tensor], Tensor]
     sample: Callable[[int, torch.Generator | None], Tensor] | None
+    log_z: float | None = 0.0
 
 
 def _mixture(name: str, means: Tensor, std: float) -> Target:
@@ -58,12 +63,20 @@ def gauss() -> Target:
     return _mixture("gauss", torch.tensor([[1.0, -0.5]]), 0.5)
 
 
-def gmm40(seed: int = 0) -> Target:
-    """FAB's / iDEM's 40-mode mixture in 2-D (module docstring)."""
+GMM40_STD = float(F.softplus(torch.tensor(1.0)))
+"""The per-axis std of every gmm40 component, softplus(1) = 1.3133."""
+
+
+def gmm40_means(seed: int = 0) -> Tensor:
+    """The 40 means (40, 2) of ``gmm40``: uniform on [-40, 40]^2 after ``torch.manual_seed(seed)`` (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        means = (torch.rand(40, 2) - 0.5) * 2 * 40
-    return _mixture("gmm40", means, float(F.softplus(torch.tensor(1.0))))
+        return (torch.rand(40, 2) - 0.5) * 2 * 40
+
+
+def gmm40(seed: int = 0) -> Target:
+    """FAB's / iDEM's 40-mode mixture in 2-D (module docstring)."""
+    return _mixture("gmm40", gmm40_means(seed), GMM40_STD)
 
 
 def funnel(dim: int = 10) -> Target:
@@ -82,15 +95,47 @@ def funnel(dim: int = 10) -> Target:
     return Target("funnel", dim, log_prob, sample)
 
 
+def _well_grid() -> tuple[Tensor, Tensor, float]:
+    """The double well's first coordinate on a float64 grid: points, CDF and log of its 1-D normaliser."""
+    x = torch.linspace(-5.0, 5.0, 400_001, dtype=torch.float64)
+    log_density = -x**4 + 6 * x**2 + 0.5 * x
+    dx = float(x[1] - x[0])
+    peak = float(log_density.max())
+    density = torch.exp(log_density - peak)
+    cdf = torch.cumsum(density, 0)
+    log_z = peak + math.log(float(cdf[-1]) * dx)
+    return x, cdf / cdf[-1], log_z
+
+
+def manywell(dim: int = 32) -> Target:
+    """FAB's many-well: dim / 2 independent double wells (module docstring)."""
+    if dim % 2:
+        raise ValueError(f"many-well needs an even dimension, got {dim}")
+    grid, cdf, log_z_well = _well_grid()
+
+    def log_prob(x: Tensor) -> Tensor:
+        a, b = x[:, 0::2], x[:, 1::2]
+        return (-a**4 + 6 * a**2 + 0.5 * a - 0.5 * b**2).sum(1)
+
+    def sample(n: int, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(n, dim // 2, generator=generator, dtype=torch.float64)
+        a = grid[torch.searchsorted(cdf, u).clamp(max=grid.numel() - 1)].float()
+        out = torch.empty(n, dim)
+        out[:, 0::2], out[:, 1::2] = a, torch.randn(n, dim // 2, generator=generator)
+        return out
+
+    return Target("manywell", dim, log_prob, sample, dim // 2 * (log_z_well + 0.5 * math.log(2 * math.pi)))
+
+
 def scaled(target: Target, scale: float) -> Target:
     """The density of y = x / scale: log p(scale y) + D log scale; exact samples divided by scale."""
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     sample = None if target.sample is None else (lambda n, generator=None: target.sample(n, generator) / scale)
-    return Target(target.name, target.dim, lambda y: target.log_prob(scale * y) + target.dim * math.log(scale), sample)
+    return Target(target.name, target.dim, lambda y: target.log_prob(scale * y) + target.dim * math.log(scale), sample, target.log_z)
 
 
-TARGETS: dict[str, Callable[[], Target]] = {"gauss": gauss, "gmm40": gmm40, "funnel": funnel}
+TARGETS: dict[str, Callable[[], Target]] = {"gauss": gauss, "gmm40": gmm40, "funnel": funnel, "manywell": manywell}
 """Built-in targets by name."""
 
 

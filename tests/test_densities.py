@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from diffrl.densities import funnel, gmm40, importance_log_weights, scaled
+from diffrl.densities import funnel, gmm40, importance_log_weights, manywell, scaled
 from diffrl.mdp import ChainMDP, OriginStart
 from diffrl.policy import GaussianStepPolicy, rollout
 from diffrl.rewards import FixedReward
@@ -57,3 +58,19 @@ def test_importance_weights_estimate_the_normaliser():
         estimate = float(torch.logsumexp(log_w, 0) - math.log(log_w.numel()))
         assert abs(estimate - 1.5) < 0.02, estimate
         assert float(log_w.mean()) < 1.5 - 0.01  # the ELBO lies below log Z
+
+
+def test_manywell_normaliser_and_samples_against_quadrature():
+    """log Z of one double well by scipy's adaptive quadrature (independent of the module's grid);
+    the exact samples' deep-well fraction against the same quadrature."""
+    from scipy.integrate import quad
+
+    z_well = quad(lambda a: math.exp(-a**4 + 6 * a**2 + 0.5 * a), -6, 6, limit=200)[0]
+    deep = quad(lambda a: math.exp(-a**4 + 6 * a**2 + 0.5 * a), 0, 6, limit=200)[0] / z_well
+    target = manywell(8)
+    assert target.log_z == pytest.approx(4 * (math.log(z_well) + 0.5 * math.log(2 * math.pi)), abs=1e-6)
+    x = target.sample(100_000, torch.Generator().manual_seed(0))
+    assert float((x[:, 0::2] > 0).float().mean()) == pytest.approx(deep, abs=0.005)
+    a = torch.tensor([[0.3, -1.0, 1.7, 0.2, -1.1, 0.0, 2.0, 0.5]])
+    expected = sum(-u**4 + 6 * u**2 + 0.5 * u - 0.5 * v**2 for u, v in zip(a[0, 0::2].tolist(), a[0, 1::2].tolist()))
+    assert float(target.log_prob(a)) == pytest.approx(expected, rel=1e-6)
