@@ -18,7 +18,8 @@ _EXPORTS = {
     "Normalizer": "data", "toy_data": "data", "DDPM": "ddpm", "DxMI": "dxmi", "ChainMDP": "mdp",
     "energy_auc": "metrics", "mmd_rbf": "metrics", "sliced_wasserstein": "metrics", "AtTime": "nets", "TimeMLP": "nets",
     "DDIMMean": "policy", "GaussianStepPolicy": "policy", "rollout": "policy", "EnergyReward": "rewards",
-    "FixedReward": "rewards", "RewardModel": "rewards", "WeightedReward": "rewards", "ChainSchedule": "schedules",
+    "FixedReward": "rewards", "RewardModel": "rewards", "WeightedReward": "rewards", "ClassifierReward": "rewards",
+    "OriginStart": "mdp", "TeacherAnchor": "mdp", "guided_sample": "sampling", "ResidualMean": "nets", "ChainSchedule": "schedules",
     "OptimizerStep": "optim", "load_config": "app.config", "train": "app.pipeline", "pretrain": "app.pipeline",
     "from_run": "app.pipeline", "Run": "app.pipeline",
 }

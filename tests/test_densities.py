@@ -74,3 +74,16 @@ def test_manywell_normaliser_and_samples_against_quadrature():
     a = torch.tensor([[0.3, -1.0, 1.7, 0.2, -1.1, 0.0, 2.0, 0.5]])
     expected = sum(-u**4 + 6 * u**2 + 0.5 * u - 0.5 * v**2 for u, v in zip(a[0, 0::2].tolist(), a[0, 1::2].tolist()))
     assert float(target.log_prob(a)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sample_density_example_learns_the_gaussian_target(capsys):
+    """examples/sample_density.py --quick on the built-in 2-D Gaussian: the log-normaliser estimate
+    within 0.05 of 0 and SW-2 to exact samples below 0.1 (measured: -0.003 and 0.026 at T = 4)."""
+    import json
+
+    from examples.sample_density import main
+
+    assert main(["gauss", "--quick", "--horizon", "4", "--n", "4000"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(out["log_z_estimate"]) < 0.05, out
+    assert out["sw2_to_exact"] < 0.1 and out["ess_fraction"] > 0.5, out

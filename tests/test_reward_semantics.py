@@ -15,7 +15,7 @@ from diffrl.agents.losses import sampler_terms, td_target
 from diffrl.dxmi import DxMI
 from diffrl.lq import gaussian_chain_optimum
 from diffrl.mdp import ChainMDP, OriginStart, TeacherAnchor
-from diffrl.nets import TimeMLP
+from diffrl.nets import ResidualMean, TimeMLP
 from diffrl.policy import GaussianStepPolicy
 from diffrl.rewards import ClassifierReward, EnergyReward, FixedReward, WeightedReward
 from diffrl.sampling import guided_sample, value_guided_sample
@@ -91,17 +91,6 @@ def test_temperature_input_errors():
         DxDP(policy, TimeMLP(2, 1, hidden=8, depth=1, time_dim=4), mdp, DxDPConfig(value_target="sigmoid"))
 
 
-class Residual(nn.Module):
-    """mean(x, t) = x + net(x, t): the chain starts as a random walk."""
-
-    def __init__(self, hidden: int = 32) -> None:
-        super().__init__()
-        self.net = TimeMLP(2, 2, hidden=hidden, depth=2, time_dim=16)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x, t)
-
-
 def test_sampler_from_scratch_lands_on_a_gaussian_target():
     """FixedReward(log p, temperature=1) with N(0, I) starts: T = 4, s_t = 0.5 fixed, tau_e / tau_v = 10
     (R = 11: the start's bias is below 0.3% in closed form); sigma_t start at the closed-form optimum.
@@ -139,7 +128,7 @@ def test_sampler_from_scratch_weighs_two_modes():
     torch.manual_seed(0)
     steps, scales = 800, torch.full((4,), 0.5)
     mdp = ChainMDP(FixedReward(log_two_modes, temperature=1.0), (2,), scales, tau_velocity=0.1 / 3, avr_decay=None, tau_entropy=0.1)
-    policy = GaussianStepPolicy(Residual(), scales, (2,))
+    policy = GaussianStepPolicy(ResidualMean(TimeMLP(2, 2, hidden=32, depth=2, time_dim=16)), scales, (2,))
     agent = DxDP(policy, TimeMLP(2, 1, hidden=32, depth=2, time_dim=16), mdp, DxDPConfig(lr_sampler=2e-3, lr_sigma=1e-2, lr_value=1e-2))
     decay = torch.optim.lr_scheduler.LambdaLR(agent.policy_optimizer, lambda i: max(0.0, 1 - i / steps))
     loop = DxMI(agent, mdp, batch_size=256, ema_decay=0.99, lr_schedulers=[decay])
