@@ -159,8 +159,8 @@ def measure(rows: dict, rounds: int, block_ms: float, warmup: int) -> list[dict]
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15, help="rounds of one block per row")
-    parser.add_argument("--block-ms", type=float, default=120.0, help="target milliseconds of one block")
+    parser.add_argument("--rounds", type=int, default=25, help="rounds of one block per row")
+    parser.add_argument("--block-ms", type=float, default=100.0, help="target milliseconds of one block")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per row first (the fastest sets the block size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "env_speed.json"))

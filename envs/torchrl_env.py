@@ -14,11 +14,12 @@ equals ``policy.sample(B, generator=torch.Generator().manual_seed(s))`` bitwise.
 for ``diffrl.agents.torchrl.probabilistic_actor(policy, generator=env.generator)``.
 
 Speed (``benchmarks/env_speed.py``, docs/results/env_speed.json; B = 128, D = 2, T = 5, the DxMI
-run's policy and energy reward, one thread on a shared 2-core machine): ``env.rollout`` costs about
-1.5x ``policy.sample`` (which computes no rewards); the plain loop plus the MDP's rewards alone
-costs about 1.45x in the same run, TorchRL's own ``EnvBase.rollout`` on this env 2.3x. ``rollout``
-takes a short route for whole chains from a reset (its docstring): no per-step env TensorDicts,
-``StepPolicyModule`` called directly, the rewards after the loop.
+run's policy and energy reward, one thread on a loaded 2-core machine): ``env.rollout`` costs about
+1.5x ``policy.sample`` (1.49 to 1.57x across runs), which computes no rewards: the plain loop plus
+the MDP's rewards alone costs 1.4 to 1.46x in the same runs, TorchRL's own ``EnvBase.rollout`` on
+this env 2.2 to 2.5x. ``rollout`` takes a short route for whole chains from a reset (its
+docstring): no per-step env TensorDicts, ``StepPolicyModule`` called directly, the rewards after
+the loop.
 """
 from __future__ import annotations
 
@@ -117,24 +118,28 @@ class DiffusionMDPEnv(EnvBase):
         else:
             policy = _make_compatible_policy(policy, self.observation_spec, env=self, fast_wrap=True,
                                              trust_policy=kwargs.get("trust_policy", False))
-        direct = type(policy) is StepPolicyModule and not _has_forward_hooks(policy)
-        dropped = () if direct else {key for key, sub in self._step_mdp.exclude_from_root.items() if sub is None}  # next, done, reward
         td = self._reset(None)  # = reset() here: a full reset has no done flags to check or complete
         not_done = {key: td.get(key) for key in ("done", "terminated")}  # every step's input flags
-        xs, ts, roots = [td.get("x")], [td.get("t")], []
+        xs, roots = [td.get("x")], []
+        if type(policy) is StepPolicyModule and not _has_forward_hooks(policy):  # what its forward does, without the TensorDict
+            steps_t = torch.arange(steps, device=self.device).view(-1, 1, 1).expand(-1, self.batch_size[0], 1)  # only stacked and read
+            with torch.no_grad():
+                for i, t in enumerate(steps_t.unbind(0)):
+                    roots.append({"x": xs[-1], "t": t, **not_done, "action": policy.act(xs[-1], i)})
+                    xs.append(next_state(xs[-1], roots[-1]["action"]))
+            return self._stack_steps(roots, xs, kwargs.get("return_contiguous", False))
+        dropped = {key for key, sub in self._step_mdp.exclude_from_root.items() if sub is None}  # next, done and reward keys
+        t = td.get("t")
         for i in range(steps):
-            if direct:
-                roots.append({"x": xs[-1], "t": ts[-1], **not_done, "action": policy.act(xs[-1], i)})
-            else:
-                td.update(policy(td))
-                roots.append(dict(td.items()))
-                if roots[-1].get("x") is not xs[-1] or roots[-1].get("t") is not ts[-1] or "next" in roots[-1]:
-                    raise RuntimeError("the policy replaced 'x' or 't' or wrote a 'next' entry: call EnvBase.rollout(env, ...) for it")
+            td.update(policy(td))
+            roots.append(dict(td.items()))
+            if roots[-1].get("x") is not xs[-1] or roots[-1].get("t") is not t or "next" in roots[-1]:
+                raise RuntimeError("the policy replaced 'x' or 't' or wrote a 'next' entry: call EnvBase.rollout(env, ...) for it")
             xs.append(next_state(xs[-1], roots[-1]["action"]))
-            ts.append(ts[-1] + 1)
-            if not direct and i < steps - 1:  # the next input as step_mdp makes it: the root's other entries, next x, t, flags
+            if i < steps - 1:  # the next input as step_mdp makes it: the root's other entries, next x, t, flags
+                t = t + 1
                 carried = {k: v.copy() if is_tensor_collection(v) else v for k, v in roots[-1].items() if k not in dropped}
-                td = self._output({**carried, "x": xs[-1], "t": ts[-1], **not_done})
+                td = self._output({**carried, "x": xs[-1], "t": t, **not_done})
         return self._stack_steps(roots, xs, kwargs.get("return_contiguous", False))
 
     def _stack_steps(self, roots: list[dict[str, Tensor]], xs: list[Tensor], contiguous: bool | None) -> TensorDictBase:
@@ -196,7 +201,8 @@ def _has_forward_hooks(module: nn.Module) -> bool:
 def _step_rewards(mdp: ChainMDP, states: list[Tensor], steps: list[Tensor]) -> Tensor:
     """``mdp.step_reward`` of n steps, (B, n): states x_0..x_n (B, *event_shape) and steps (n) the t (B,) long
     of x_0..x_{n-1}. One call per step, the call ``_step`` makes, so the rewards are bitwise the env's step's
-    (a batched call can round differently: reductions and networks in the costs depend on the batch's size)."""
+    (a batched call can round differently: a network in the costs, an anchor's, or a reduction split across
+    threads depends on the batch's size)."""
     with torch.no_grad():
         return torch.stack([mdp.step_reward(x, x_next, t) for x, x_next, t in zip(states[:-1], states[1:], steps)], 1)
 
@@ -220,11 +226,11 @@ class StepPolicyModule(TensorDictModuleBase):
         self.policy, self.generator = policy, generator
 
     def act(self, x: Tensor, t: int | Tensor) -> Tensor:
-        """x_{t+1} (B, *event_shape) from x (B, *event_shape): one noise draw, then the policy without
-        gradient. t: one int for all rows (the policy's int fast path) or (B, 1) long."""
+        """x_{t+1} (B, *event_shape) from x (B, *event_shape): one noise draw, then the policy. t: one int
+        for all rows (the policy's int fast path) or (B, 1) long. Callers hold ``torch.no_grad()`` (forward
+        and ``DiffusionMDPEnv.rollout`` do), as ``GaussianStepPolicy.sample`` holds it over its loop."""
         noise = torch.randn(x.shape, generator=self.generator, device=x.device)
-        with torch.no_grad():
-            return self.policy(x, t, noise)
+        return self.policy(x, t, noise)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         x, t = tensordict.get("x"), tensordict.get("t")
@@ -232,7 +238,8 @@ class StepPolicyModule(TensorDictModuleBase):
         step = int(low)
         if step != int(high) or step >= self.policy.horizon:
             step = t  # rows at different steps (or all at t = T): the policy's tensor path
-        tensordict.set("action", self.act(x, step))  # same numbers either way; the int path takes fewer ops
+        with torch.no_grad():  # same numbers either way; the int path takes fewer ops
+            tensordict.set("action", self.act(x, step))
         return tensordict
 
 
