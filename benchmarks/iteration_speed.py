@@ -415,6 +415,8 @@ def check_torchrl_update(config, data: Tensor, seed: int) -> float:
 def torchrl_ratios(config, data: Tensor, seed: int, iters: int, rounds: int, warmup: int) -> list[dict]:
     """Per row, the TensorDict path against the fast path on the same run, interleaved in alternating order:
     median wall and CPU seconds per call of each, and the median of the per-round ratios."""
+    from torchrl.envs import EnvBase
+
     from diffrl.envs.torchrl_env import rollout_chain
 
     dxmi = build_library(config, data, seed)
@@ -430,6 +432,8 @@ def torchrl_ratios(config, data: Tensor, seed: int, iters: int, rounds: int, war
 
     rows = [
         ("env.rollout(T, step_policy_module) vs policy.sample", lambda: env.rollout(T, parts["step_module"]), lambda: policy.sample(B, generator=g)),
+        ("EnvBase.rollout(env, T, step_policy_module), TorchRL's own loop, vs policy.sample",
+         lambda: EnvBase.rollout(env, T, parts["step_module"]), lambda: policy.sample(B, generator=g)),
         ("env.rollout(T, step_policy_module) vs the plain loop + step rewards", lambda: env.rollout(T, parts["step_module"]),
          lambda: plain_rollout_with_rewards(policy, mdp, B, g)),
         ("env.rollout(T, step_policy_module, break_when_any_done=False) vs policy.sample",
@@ -461,16 +465,15 @@ def torchrl_ratios(config, data: Tensor, seed: int, iters: int, rounds: int, war
 
 
 def torchrl_rollout_profile(config, data: Tensor, seed: int, rollouts: int) -> dict[str, float]:
-    """Where ``env.rollout(T, step_policy_module)`` spends its time: thread CPU milliseconds per rollout
-    (medians over ``rollouts``), from timers wrapped around the pieces it calls, exclusive of each other:
+    """Where ``env.rollout(T, step_policy_module)`` (the env's short route) spends its time: thread CPU
+    milliseconds per rollout (medians over ``rollouts``), from timers wrapped around the pieces it calls,
+    exclusive of each other:
 
         policy            the policy's own step (GaussianStepPolicy.forward): the plain loop's work
-        policy_module     StepPolicyModule around it (keys, noise draw, step-index check)
-        rewards           ChainMDP.step_reward (velocity costs, the terminal energy at the last step)
-        env_step          the rest of DiffusionMDPEnv._step (``advance``'s checks, the output TensorDict)
-        torchrl_step      EnvBase.step around _step (_step_proc_data: reward shape, done completion; "next")
-        reset             EnvBase.reset (with _reset)
-        torchrl_rollout   the rest of EnvBase.rollout: step_mdp, copies, done checks, stacking the T steps
+        policy_module     StepPolicyModule.act around it (the noise draw)
+        rewards           ChainMDP.step_reward (one call per step after the loop; the terminal energy at the last)
+        reset             DiffusionMDPEnv._reset
+        rollout           the rest of env.rollout: next states, stacking the steps, the TensorDict
     and "plain" = policy.sample for reference."""
     dxmi = build_library(config, data, seed)
     parts = torchrl_path(dxmi)
@@ -490,8 +493,7 @@ def torchrl_rollout_profile(config, data: Tensor, seed: int, rollouts: int) -> d
 
         setattr(owner, name, wrapper)  # an instance attribute: shadows the method until deleted
 
-    patched = [(env, "reset", "reset"), (env, "step", "step"), (env, "_step", "_step"), (mdp, "step_reward", "rewards"),
-               (module, "forward", "module"), (policy, "forward", "policy")]
+    patched = [(env, "_reset", "reset"), (mdp, "step_reward", "rewards"), (module, "act", "module"), (policy, "forward", "policy")]
     for owner, name, key in patched:
         timed(owner, name, key)
     rows: list[dict[str, float]] = []
@@ -503,8 +505,7 @@ def torchrl_rollout_profile(config, data: Tensor, seed: int, rollouts: int) -> d
             total = time.thread_time() - start
             rows.append({
                 "policy": spent["policy"], "policy_module": spent["module"] - spent["policy"], "rewards": spent["rewards"],
-                "env_step": spent["_step"] - spent["rewards"], "torchrl_step": spent["step"] - spent["_step"], "reset": spent["reset"],
-                "torchrl_rollout": total - spent["module"] - spent["step"] - spent["reset"], "total": total,
+                "reset": spent["reset"], "rollout": total - spent["module"] - spent["rewards"] - spent["reset"], "total": total,
             })
     finally:
         for owner, name, _ in patched:
