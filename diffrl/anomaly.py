@@ -26,7 +26,7 @@ from .optim import check_finite
 from .policy import GaussianStepPolicy
 
 __all__ = [
-    "Autoencoder", "ReconstructionEnergy", "pretrain_autoencoder", "ResidualMean", "AutoencoderStart", "ReplayStart",
+    "Autoencoder", "ReconstructionEnergy", "pretrain_autoencoder", "OnSphere", "AutoencoderStart", "ReplayStart",
     "LangevinDrift", "langevin_policy", "LangevinAgent", "energies", "energy_maps", "detection_scores",
     "localisation_maps", "auroc",
 ]
@@ -100,17 +100,16 @@ def pretrain_autoencoder(autoencoder: Autoencoder, data: Tensor, steps: int, lr:
     return losses
 
 
-class ResidualMean(nn.Module):
-    """A sampler's step mean m(x, t) = x + net(x, t) for x (B, D), t (B,) long; ``sphere`` projects it
-    onto the unit sphere. With net's output layer at zero the chain starts as a random walk."""
+class OnSphere(nn.Module):
+    """A step mean (e.g. ``diffrl.nets.ResidualMean``) projected onto the unit sphere:
+    m(x, t) = mean(x, t) / |mean(x, t)|, x (B, D), t (B,) long (the paper's constraint on MVTec features)."""
 
-    def __init__(self, net: nn.Module, sphere: bool = False) -> None:
+    def __init__(self, mean: nn.Module) -> None:
         super().__init__()
-        self.net, self.sphere = net, sphere
+        self.mean = mean
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        out = x + self.net(x, t)
-        return F.normalize(out, dim=-1) if self.sphere else out
+        return F.normalize(self.mean(x, t), dim=-1)
 
 
 class AutoencoderStart(nn.Module):

@@ -237,8 +237,8 @@ def test_diffrl_score_refuses_bad_input_in_one_line(toy_run, tmp_path: Path, cap
 
 
 def test_the_langevin_agent_refuses_a_policy_that_is_not_langevin() -> None:
-    from diffrl.anomaly import LangevinAgent, ResidualMean
-    from diffrl.nets import TimeMLP
+    from diffrl.anomaly import LangevinAgent
+    from diffrl.nets import ResidualMean, TimeMLP
     from diffrl.policy import GaussianStepPolicy
 
     reward = EnergyReward(ReconstructionEnergy(Autoencoder(6, 3, 8, 1)))
@@ -251,12 +251,12 @@ def test_the_langevin_agent_refuses_a_policy_that_is_not_langevin() -> None:
 
 
 def test_sphere_data_keep_the_decoder_and_the_sampler_mean_on_the_sphere() -> None:
-    from diffrl.anomaly import ResidualMean
-    from diffrl.nets import TimeMLP
+    from diffrl.anomaly import OnSphere
+    from diffrl.nets import ResidualMean, TimeMLP
 
     x = torch.nn.functional.normalize(torch.randn(5, 6), dim=-1)
     with torch.no_grad():
-        for out in (Autoencoder(6, 3, 8, 1, sphere=True)(x), ResidualMean(TimeMLP(6, 6), sphere=True)(x, torch.zeros(5, dtype=torch.long))):
+        for out in (Autoencoder(6, 3, 8, 1, sphere=True)(x), OnSphere(ResidualMean(TimeMLP(6, 6)))(x, torch.zeros(5, dtype=torch.long))):
             torch.testing.assert_close(out.norm(dim=-1), torch.ones(5))
 
 

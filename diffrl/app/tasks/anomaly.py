@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...anomaly import (
-    Autoencoder, AutoencoderStart, LangevinAgent, ReconstructionEnergy, ReplayStart, ResidualMean, auroc, detection_scores,
+    Autoencoder, AutoencoderStart, LangevinAgent, OnSphere, ReconstructionEnergy, ReplayStart, auroc, detection_scores,
     energies, energy_maps, langevin_policy, localisation_maps, pretrain_autoencoder,
 )
 from ...checkpoint import load_checkpoint, save_array, save_checkpoint
@@ -48,7 +48,7 @@ from ...data import BatchSampler, Normalizer
 from ...ddpm import DDPM
 from ...image_data import DIGITS, SPLIT_SEED, load_digits_images
 from ...mdp import ChainMDP
-from ...nets import TimeMLP
+from ...nets import ResidualMean, TimeMLP
 from ...policy import GaussianStepPolicy
 from ...rewards import EnergyReward, RewardModel
 from ..config import ExperimentConfig
@@ -262,7 +262,8 @@ class AnomalyTask(Task):
         sigma = torch.full((t.horizon,), a.sigma)
         if t.fix_last:
             sigma[-1] = t.last_sigma
-        return GaussianStepPolicy(ResidualMean(teacher.eps_model, self.sphere), sigma, self.event_shape, fix_last=t.fix_last)
+        mean = ResidualMean(teacher.eps_model)
+        return GaussianStepPolicy(OnSphere(mean) if self.sphere else mean, sigma, self.event_shape, fix_last=t.fix_last)
 
     def start(self) -> nn.Module:
         """x_0 = decode(encode(x) + anomaly.start_noise * eps) with the frozen pretrained autoencoder,
