@@ -213,25 +213,31 @@ class ChainMDP(nn.Module):
         """The step's costs (higher is worse), each (*batch,); t (*batch,) long in 0..T-1:
 
         velocity_cost  v_t (unweighted; the reward weighs it by tau_velocity)
-        terminal_cost  cost(x_T) (``terminal_cost``) on the last step (t = T - 1), 0 on the others
+        terminal_cost  cost(x_T) (``terminal_cost``) on the last step (t = T - 1), 0 on the others;
+                       the reward model sees only the rows at the last step
         anchor_cost    a_t (unweighted; only with an anchor)
         """
         velocity = self.velocity_cost(x, x_next, t)
         last = t == self.horizon - 1
         terminal = torch.zeros_like(velocity)
-        if bool(last.any()):
-            terminal = torch.where(last, self.terminal_cost(x_next).to(velocity.dtype), terminal)
+        if bool(last.all()):
+            terminal = self.terminal_cost(x_next).to(velocity.dtype)
+        elif bool(last.any()):
+            terminal[last] = self.terminal_cost(x_next[last]).to(velocity.dtype)
         terms = {"velocity_cost": velocity, "terminal_cost": terminal}
         if self.anchor is not None:
             terms["anchor_cost"] = self.anchor(x, x_next, t)
         return terms
 
-    def step_reward(self, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
-        """r_t = -(tau_velocity v_t + tau_anchor a_t + cost(x_T) on the last step), (*batch,); t (*batch,) long."""
-        terms = self.step_terms(x, x_next, t)
+    def reward_of(self, terms: dict[str, Tensor]) -> Tensor:
+        """r_t = -(tau_velocity v_t + tau_anchor a_t + cost(x_T) on the last step), (*batch,), from ``step_terms``."""
         if self.anchor is None:
             return -(self.tau_velocity * terms["velocity_cost"] + terms["terminal_cost"])
         return -(self.tau_velocity * terms["velocity_cost"] + self.tau_anchor * terms["anchor_cost"] + terms["terminal_cost"])
+
+    def step_reward(self, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
+        """r_t (``reward_of``), (*batch,), for x, x_next (*batch, *event) and t (*batch,) long in 0..T-1."""
+        return self.reward_of(self.step_terms(x, x_next, t))
 
     @torch.no_grad()
     def update_velocity_scale(self, chain: Tensor) -> None:

@@ -153,9 +153,7 @@ class Chains:
                 f"got max |a| = {np.max(np.abs(action))}"
             )
         x, t = (self.x, self.t) if index is None else (self.x[index], self.t[index])
-        x_next, t_next, reward, terminated = advance(self.mdp, x, t, torch.tensor(action, device=self.device))
-        with torch.no_grad():  # evaluates cost(x_T) a second time on the last step; reward and info stay one formula
-            terms = self.mdp.step_terms(x, x_next, t)
+        x_next, t_next, reward, terminated, terms = advance(self.mdp, x, t, torch.tensor(action, device=self.device))
         if index is None:
             self.x, self.t = x_next, t_next
         else:

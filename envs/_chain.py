@@ -23,18 +23,20 @@ def next_state(x: Tensor, action: Tensor) -> Tensor:
     return action
 
 
-def advance(mdp: ChainMDP, x: Tensor, t: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One step of B chains: ``(x_t, t, a_t = x_{t+1}) -> (x_{t+1}, t + 1, r_t, terminated)``.
+def advance(mdp: ChainMDP, x: Tensor, t: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """One step of B chains: ``(x_t, t, a_t = x_{t+1}) -> (x_{t+1}, t + 1, r_t, terminated, costs)``.
 
     x (B, *event_shape), t (B,) long, action (B, *event_shape). Returns x_next (B, *event_shape)
-    (``next_state``), t_next (B,) long, reward (B,) = ``mdp.step_reward`` (higher is better: minus
-    the running cost, minus cost(x_T) on the last step) and terminated (B,) bool (t_next == T).
+    (``next_state``), t_next (B,) long, reward (B,) = ``mdp.reward_of(costs)`` (higher is better:
+    minus the running cost, minus cost(x_T) on the last step), terminated (B,) bool (t_next == T)
+    and the costs ``mdp.step_terms`` (each (B,), higher is worse).
     Raises ValueError on a wrong action shape or a chain already at t = T.
     """
     x_next = next_state(x, action)
     if bool((t >= mdp.horizon).any()):
         raise ValueError(f"a chain has already taken all T = {mdp.horizon} steps; reset it before stepping")
     with torch.no_grad():
-        reward = mdp.step_reward(x, x_next, t)
+        terms = mdp.step_terms(x, x_next, t)
+        reward = mdp.reward_of(terms)
     t_next = t + 1
-    return x_next, t_next, reward, t_next == mdp.horizon
+    return x_next, t_next, reward, t_next == mdp.horizon, terms

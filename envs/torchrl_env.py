@@ -88,7 +88,7 @@ class DiffusionMDPEnv(EnvBase):
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         """(x_t, t, action = x_{t+1}) -> next x, t + 1, reward (B, 1), done = terminated (B, 1)."""
-        x_next, t_next, reward, terminated = advance(
+        x_next, t_next, reward, terminated, _ = advance(
             self.mdp, tensordict.get("x"), tensordict.get("t").squeeze(-1), tensordict.get("action")
         )
         done = terminated.unsqueeze(-1)
