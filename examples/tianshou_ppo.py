@@ -5,11 +5,11 @@ The problem: ``diffrl.envs.default_mdp()``, 2-D chains of T = 5 steps from x_0 ~
 velocity cost (tau_velocity = 1, s_t = 1) and the terminal reward log N(x_T; 0, I). The objective
 is DxDP's maximum-entropy one,
 
-    J = E[ sum_t r_t ] + TAU * sum_t log sigma_t,      r_t: the env's reward,
+    J = E[ sum_t r_t ] + tau * sum_t log sigma_t,   tau = mdp.tau_entropy = 0.1,      r_t: the env's reward,
 
-which PPO gets through its entropy bonus ``ent_coef = TAU / D``, gamma = 1 and unnormalised
+which PPO gets through its entropy bonus ``ent_coef = tau / D``, gamma = 1 and unnormalised
 advantages (the mapping is explained in agents/tianshou.py). Why this problem: its optimum is known
-in closed form (``diffrl.lq``: the linear-Gaussian chain, J* = -2.874 at TAU = 0.1), so the printed
+in closed form (``diffrl.lq``: the linear-Gaussian chain, J* = -2.874 at tau = 0.1), so the printed
 objective says how close to the best possible sampler PPO got, which a sample metric such as the
 sliced Wasserstein distance cannot say under a fixed reward (the objective is not a distance to a
 data set); and a fixed reward is what a stock trainer runs (DxMI changes the reward every
@@ -50,10 +50,8 @@ from diffrl.lq import gaussian_chain_optimum
 from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
 
-__all__ = ["main", "TAU", "LR_SAMPLER", "LR_SIGMA", "LR_CRITIC"]
+__all__ = ["main", "LR_SAMPLER", "LR_SIGMA", "LR_CRITIC"]
 
-TAU = 0.1
-"""Entropy weight tau of the objective (DxDP's default)."""
 LR_SAMPLER, LR_SIGMA, LR_CRITIC = 1e-3, 1e-2, 1e-3
 """Adam learning rates of the sampler's mean network, its log sigmas and the critic (not tuned beyond a first run)."""
 CHAINS = 256
@@ -64,7 +62,7 @@ def evaluate(algorithm: PPO, policy: GaussianStepPolicy, mdp) -> tuple[float, fl
     """(objective of 20000 fresh chains of ``policy``, mean return of 1000 episodes of a stock test collector)."""
     with torch.no_grad():
         chains = policy.sample(20000, generator=torch.Generator().manual_seed(1))
-        objective = chain_objective(chains, mdp, policy.log_sigma, TAU).mean().item()
+        objective = chain_objective(chains, mdp, policy.log_sigma).mean().item()
     env = DiffusionMDPTianshouEnv(mdp, num_envs=1000, obs_mode="flat")
     env.seed(1)
     collector = Collector(algorithm, env, VectorReplayBuffer(1000 * mdp.horizon, 1000))
@@ -89,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         policy=step_policy(policy),
         critic=value_critic(mdp.event_shape, mdp.horizon, hidden=64, depth=2, time_dim=16),
         optim=StepPolicyAdam(policy, LR_SAMPLER, LR_SIGMA, LR_CRITIC),
-        ent_coef=TAU / mdp.dim, gamma=1.0, advantage_normalization=False, gae_lambda=0.95, max_grad_norm=1.0,
+        ent_coef=mdp.tau_entropy / mdp.dim, gamma=1.0, advantage_normalization=False, gae_lambda=0.95, max_grad_norm=1.0,
         max_batchsize=CHAINS * mdp.horizon,
     )
-    optimum = gaussian_chain_optimum(mdp.velocity_scale_sq, mdp.dim, mdp.tau_velocity, TAU).objective
+    optimum = gaussian_chain_optimum(mdp.velocity_scale_sq, mdp.dim, mdp.tau_velocity, mdp.tau_entropy).objective
     objective_before, return_before = evaluate(algorithm, policy, mdp)
 
     steps_per_epoch = 10 * CHAINS * mdp.horizon

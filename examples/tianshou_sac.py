@@ -3,9 +3,9 @@ bounded action box, a stock ``Collector`` and ``OffPolicyTrainer``, and the squa
 Q critics of ``diffrl.agents.tianshou``.
 
 The problem is examples/tianshou_ppo.py's (``default_mdp()``: 2-D chains of T = 5 steps, terminal
-reward log N(x_T; 0, I); known optimum J* = -2.874 at TAU = 0.1, ``diffrl.lq``), chosen for the
+reward log N(x_T; 0, I); known optimum J* = -2.874 at tau = 0.1, ``diffrl.lq``), chosen for the
 same reason: the printed objective is measured against the best possible sampler. The objective
-enters SAC as a fixed temperature ``alpha = TAU / D`` with gamma = 1 (agents/tianshou.py).
+enters SAC as a fixed temperature ``alpha = tau / D`` with gamma = 1 (agents/tianshou.py).
 
 SAC squashes its Gaussian with tanh into the action box (-BOUND, BOUND): the env is made with
 ``action_bound=BOUND`` and ``SquashedStepActor`` writes the sampler's step N(m, sigma^2) as the
@@ -43,10 +43,8 @@ from diffrl.lq import gaussian_chain_optimum
 from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
 
-__all__ = ["main", "TAU", "BOUND", "LR_SAMPLER", "LR_SIGMA", "LR_CRITIC"]
+__all__ = ["main", "BOUND", "LR_SAMPLER", "LR_SIGMA", "LR_CRITIC"]
 
-TAU = 0.1
-"""Entropy weight tau of the objective (DxDP's default); SAC's alpha is TAU / D."""
 BOUND = 10.0
 """The action box (-BOUND, BOUND) of the env: several times the samples' range (standard normal scale)."""
 LR_SAMPLER, LR_SIGMA, LR_CRITIC = 1e-3, 1e-2, 1e-3
@@ -59,7 +57,7 @@ def evaluate(algorithm: SAC, policy: GaussianStepPolicy, mdp) -> tuple[float, fl
     """(objective of 20000 fresh chains of ``policy``, mean return of 1000 episodes of SAC's policy, a stock test collector)."""
     with torch.no_grad():
         chains = policy.sample(20000, generator=torch.Generator().manual_seed(1))
-        objective = chain_objective(chains, mdp, policy.log_sigma, TAU).mean().item()
+        objective = chain_objective(chains, mdp, policy.log_sigma).mean().item()
     env = DiffusionMDPTianshouEnv(mdp, num_envs=1000, obs_mode="flat", action_bound=BOUND)
     env.seed(1)
     collector = Collector(algorithm, env, VectorReplayBuffer(1000 * mdp.horizon, 1000))
@@ -83,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     critics = [q_critic(mdp.event_shape, mdp.horizon, BOUND, hidden=64, depth=2, time_dim=16) for _ in range(2)]
     adam = StepPolicyAdam(policy, LR_SAMPLER, LR_SIGMA, LR_CRITIC)
     algorithm = SAC(policy=sac_policy(policy, BOUND), policy_optim=adam, critic=critics[0], critic_optim=adam,
-                    critic2=critics[1], alpha=TAU / mdp.dim, gamma=1.0, tau=0.005)
-    optimum = gaussian_chain_optimum(mdp.velocity_scale_sq, mdp.dim, mdp.tau_velocity, TAU).objective
+                    critic2=critics[1], alpha=mdp.tau_entropy / mdp.dim, gamma=1.0, tau=0.005)
+    optimum = gaussian_chain_optimum(mdp.velocity_scale_sq, mdp.dim, mdp.tau_velocity, mdp.tau_entropy).objective
     objective_before, return_before = evaluate(algorithm, policy, mdp)
 
     steps_per_epoch = 20 * CHAINS
