@@ -19,22 +19,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
 from diffrl.envs import ENV_ID, DiffusionMDP, DiffusionMDPVectorEnv
-from diffrl.mdp import ChainMDP
-from diffrl.rewards import FixedReward
-
-T = 5
-SCALES = torch.tensor([0.5, 0.8, 1.0, 1.3, 2.0])  # s_t
-TAU = 0.3
-
-
-def log_density(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, I) over the flattened event, (B,)."""
-    x = x.flatten(1)
-    return -0.5 * x.pow(2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
-
-
-def make_mdp(event_shape: tuple[int, ...] = (2,)) -> ChainMDP:
-    return ChainMDP(FixedReward(log_density), event_shape, SCALES, tau_velocity=TAU, avr_decay=None)
+from test_envs import SCALES, TAU, T, log_density, make_mdp  # the same small MDP as the env tests
 
 
 def hand_costs(x: np.ndarray, a: np.ndarray, t: int) -> tuple[float, float]:
