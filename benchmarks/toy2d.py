@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["8gaussians", "2spirals", "checkerboard"])
     parser.add_argument("--out", default="docs/results/toy2d.json")
     parser.add_argument("--quick", action="store_true", help="tiny runs to check the plumbing")
+    parser.add_argument("--taus", type=float, nargs="+", default=list(TAUS), help="8gaussians' tau sweep (the others: 0.1)")
+    parser.add_argument("--no-scratch", action="store_true", help="skip 8gaussians' from-scratch row")
+    parser.add_argument("--teachers-only", action="store_true", help="train and evaluate the teachers, then stop")
     args = parser.parse_args()
     quick = ["pretrain.steps=200", "train.loop.steps=100", "train.loop.eval_every=50", "data.n_eval=1000"] if args.quick else []
     start = time.time()
@@ -110,15 +113,17 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
         teachers = [pool.submit(run_teacher, args.root, ds, s, quick) for ds in args.datasets for s in args.seeds]
         teacher_results = [f.result() for f in teachers]
+        if args.teachers_only:
+            return
         specs = []
         for ds in args.datasets:
-            taus = TAUS if ds == "8gaussians" else (0.1,)
+            taus = args.taus if ds == "8gaussians" else (0.1,)
             for s in args.seeds:
                 teacher = f"train.teacher={Path(args.root, ds, f'teacher-s{s}')}"
                 for tau in taus:
                     o = [teacher, f"train.tau_entropy={tau}", f"train.tau_velocity={tau}", *quick]
                     specs.append((ds, s, f"dxmi-tau{tau}", o))
-                if ds == "8gaussians":
+                if ds == "8gaussians" and not args.no_scratch:
                     specs.append((ds, s, "dxmi-scratch-tau0.1", [*SCRATCH, *quick]))
         specs.sort(key=lambda spec: spec[2] != "dxmi-tau0.1")  # the headline rows first
         jobs = [pool.submit(run_dxmi, args.root, *spec) for spec in specs]

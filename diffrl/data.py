@@ -42,7 +42,41 @@ def _checkerboard(n: int, g: torch.Generator) -> Tensor:
     return torch.stack([x1, x2], 1) * 2
 
 
-TOY_DATASETS = {"8gaussians": _eight_gaussians, "2spirals": _two_spirals, "checkerboard": _checkerboard}
+# Issue 14's held-out shapes: sets nobody tuned the 2-D defaults on before (different scales, mode
+# counts, weights and shapes). Fixed parameters; only the seed varies between splits.
+_GMM4_CENTRES = torch.tensor([[-8.0, 3.0], [6.0, 7.0], [2.0, -9.0], [10.0, -3.0]])
+_GMM4_WEIGHTS = torch.tensor([0.4, 0.3, 0.2, 0.1])
+_GMM4_STDS = torch.tensor([[2.0, 0.5], [1.0, 1.0], [0.4, 1.5], [0.8, 0.3]])
+_GMM4_ANGLES = torch.tensor([0.5, 0.0, -0.3, 1.2])
+
+
+def _gmm4_aniso(n: int, g: torch.Generator) -> Tensor:
+    """4 anisotropic Gaussians of unequal weight (0.4 / 0.3 / 0.2 / 0.1) at a scale of about 10."""
+    idx = torch.multinomial(_GMM4_WEIGHTS, n, replacement=True, generator=g)
+    z = torch.randn(n, 2, generator=g) * _GMM4_STDS[idx]
+    c, s = torch.cos(_GMM4_ANGLES[idx]), torch.sin(_GMM4_ANGLES[idx])
+    rotated = torch.stack([c * z[:, 0] - s * z[:, 1], s * z[:, 0] + c * z[:, 1]], 1)
+    return _GMM4_CENTRES[idx] + rotated
+
+
+def _rings(n: int, g: torch.Generator) -> Tensor:
+    """Two concentric rings (radius 1 and 2.5, weights 2/7 and 5/7 as their lengths), radial std 0.08."""
+    outer = torch.rand(n, generator=g) < 5 / 7
+    radius = torch.where(outer, 2.5, 1.0) + 0.08 * torch.randn(n, generator=g)
+    angle = torch.rand(n, generator=g) * 2 * math.pi
+    return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+
+
+def _grid25(n: int, g: torch.Generator) -> Tensor:
+    """25 equal isotropic Gaussians on a 5 x 5 grid (spacing 2, centres -4..4), std 0.2."""
+    idx = torch.randint(0, 5, (n, 2), generator=g)
+    return (idx.float() - 2) * 2 + 0.2 * torch.randn(n, 2, generator=g)
+
+
+TOY_DATASETS = {
+    "8gaussians": _eight_gaussians, "2spirals": _two_spirals, "checkerboard": _checkerboard,
+    "gmm4aniso": _gmm4_aniso, "rings": _rings, "grid25": _grid25,
+}
 
 
 def toy_data(name: str, n: int, seed: int) -> Tensor:
