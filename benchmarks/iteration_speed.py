@@ -1,6 +1,6 @@
 """Seconds per DxMI iteration: the library's ``DxMI.step()`` against the same maths in one plain-torch function.
 
-    python benchmarks/iteration_speed.py                                   # check, timings, memory, docs/results/speed.json
+    python benchmarks/iteration_speed.py                                   # check, timings, memory, docs/results/speed_plain.json
     python benchmarks/iteration_speed.py --batches 128 --iters 50 --mem-iters 300   # one batch size only
     python benchmarks/iteration_speed.py --torchrl-only                    # the TorchRL rows: docs/results/speed_torchrl.json
 
@@ -25,7 +25,7 @@ What it does, top to bottom:
      iteration, and median CPU seconds of this thread (robust to other jobs on a shared machine).
   3. memory: ru_maxrss of a fresh child process that runs ``--mem-iters`` iterations of one
      version, and the peak RSS of those iterations alone (VmHWM reset before the run).
-  4. a markdown table on stdout and ``docs/results/speed.json``.
+  4. a markdown table on stdout and ``docs/results/speed_plain.json``.
 
 The plain function mirrors the library's order of random draws exactly (global RNG):
 x_0 ~ randn(B, D); per step t the noise randn(B, D) (``diffrl.policy.rollout``); then in the
@@ -530,7 +530,7 @@ if __name__ == "__main__":
     parser.add_argument("--check-iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="default docs/results/speed.json (--torchrl-only: speed_torchrl.json)")
+    parser.add_argument("--out", default=None, help="default docs/results/speed_plain.json (--torchrl-only: speed_torchrl.json)")
     parser.add_argument("--torchrl-iters", type=int, default=30, help="calls per timed block of the TorchRL rows (batch 128)")
     parser.add_argument("--torchrl-only", action="store_true", help="only the TorchRL rows (and their check); default --out speed_torchrl.json")
     parser.add_argument("--mem-child", choices=["library", "plain"], help=argparse.SUPPRESS)
@@ -548,7 +548,7 @@ if __name__ == "__main__":
     command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     print(f"command: {command}\n")
     data = make_data(50_000, args.seed)
-    out_path = Path(args.out or REPO / "docs" / "results" / ("speed_torchrl.json" if args.torchrl_only else "speed.json"))
+    out_path = Path(args.out or REPO / "docs" / "results" / ("speed_torchrl.json" if args.torchrl_only else "speed_plain.json"))
 
     # 0. the TorchRL (TensorDict) path against the fast path, batch 128, after its own equivalence check
     try:
