@@ -19,7 +19,7 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from _timing import train_seconds
@@ -87,6 +87,22 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+class _InlineExecutor:
+    """--workers 1: every job runs in this process, in order (no pool whose worker can die unseen)."""
+
+    def __enter__(self) -> "_InlineExecutor":
+        _one_thread()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
 def mean_std(values: list[float | None]) -> dict:
     """Mean and std of the known values (None: a time not recorded)."""
     known = [v for v in values if v is not None]
@@ -106,11 +122,13 @@ def main() -> None:
     parser.add_argument("--taus", type=float, nargs="+", default=list(TAUS), help="8gaussians' tau sweep (the others: 0.1)")
     parser.add_argument("--no-scratch", action="store_true", help="skip 8gaussians' from-scratch row")
     parser.add_argument("--teachers-only", action="store_true", help="train and evaluate the teachers, then stop")
+    parser.add_argument("--keep-from", default=None, help="an earlier toy2d.json: its table rows not rerun here are kept under 'earlier'")
     args = parser.parse_args()
     quick = ["pretrain.steps=200", "train.loop.steps=100", "train.loop.eval_every=50", "data.n_eval=1000"] if args.quick else []
     start = time.time()
 
-    with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
+    pool_of = _InlineExecutor() if args.workers == 1 else ProcessPoolExecutor(args.workers, initializer=_one_thread)
+    with pool_of as pool:
         teachers = [pool.submit(run_teacher, args.root, ds, s, quick) for ds in args.datasets for s in args.seeds]
         teacher_results = [f.result() for f in teachers]
         if args.teachers_only:
@@ -157,6 +175,10 @@ def main() -> None:
         "table": table,
         "runs": {"teachers": teacher_results, "dxmi": dxmi_results},
     }
+    if args.keep_from:
+        old = json.loads(Path(args.keep_from).read_text())
+        kept = {ds: {k: row for k, row in rows.items() if k not in table.get(ds, {})} for ds, rows in old["table"].items()}
+        result["earlier"] = {"command": old["command"], "date": old["date"], "table": {ds: r for ds, r in kept.items() if r}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(markdown(result))
