@@ -14,7 +14,8 @@ Each target is a ``Target``: ``log_prob(x (B, D)) -> (B,)`` (normalised here, so
 
 ``scaled(target, scale)`` is the density of x / scale (log p(scale y) + D log scale): a sampler
 started from N(0, I) then works in units where the target spreads over a few units.
-``importance_log_weights`` turns a trained chain into log-normaliser and ESS estimates.
+``importance_log_weights`` turns a trained chain into log-normaliser and ESS estimates;
+``GaussianStart(shape, std)`` is a wider (or narrower) start N(0, std^2 I) of known variance.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from torch import Tensor
 from .mdp import ChainMDP
 from .policy import GaussianStepPolicy
 
-__all__ = ["Target", "gauss", "gmm40", "gmm40_means", "GMM40_STD", "funnel", "manywell", "scaled", "TARGETS", "importance_log_weights"]
+__all__ = ["Target", "GaussianStart", "gauss", "gmm40", "gmm40_means", "GMM40_STD", "funnel", "manywell", "scaled", "TARGETS", "importance_log_weights"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,21 @@ def scaled(target: Target, scale: float) -> Target:
         raise ValueError(f"scale must be > 0, got {scale}")
     sample = None if target.sample is None else (lambda n, generator=None: target.sample(n, generator) / scale)
     return Target(target.name, target.dim, lambda y: target.log_prob(scale * y) + target.dim * math.log(scale), sample, target.log_z)
+
+
+class GaussianStart(torch.nn.Module):
+    """The start x_0 ~ N(0, std^2 I) for ``ChainMDP(start=...)``; ``variance`` = std^2, so a log-density
+    reward's rho and ``importance_log_weights`` account for it (the start's density cancels in the weights)."""
+
+    def __init__(self, event_shape: tuple[int, ...], std: float) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        self.event_shape, self.std, self.variance = tuple(event_shape), float(std), float(std) ** 2
+
+    def forward(self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+        """x_0 = std * eps, (batch, *event_shape)."""
+        return self.std * torch.randn((batch, *self.event_shape), generator=generator, device=device)
 
 
 TARGETS: dict[str, Callable[[], Target]] = {"gauss": gauss, "gmm40": gmm40, "funnel": funnel, "manywell": manywell}

@@ -1,6 +1,6 @@
 """Train a T-step sampler for an unnormalised density: no teacher, no data, x_0 ~ N(0, I).
 
-The target is a log-density: a built-in name (``diffrl.densities.TARGETS``: gauss, gmm40, funnel)
+The target is a log-density: a built-in name (``diffrl.densities.TARGETS``: gauss, gmm40, funnel, manywell)
 or ``module:function`` with ``function(x (B, D)) -> (B,)`` (then give --dim). The reward is
 ``FixedReward(log_p, temperature)``, so the chain targets p^(1/temperature) (docs/rewards.md);
 the mean of each step is x + an MLP (``ResidualMean``), trained by DxDP (plain max-entropy RL).
@@ -11,7 +11,7 @@ weights (``diffrl.densities.importance_log_weights``), the sliced Wasserstein-2 
 samples when the target has them, target evaluations and wall time.
 
     python examples/sample_density.py gauss --quick
-    python examples/sample_density.py gmm40 --scale 20 --steps 3000
+    python examples/sample_density.py gmm40 --start-std 20 --horizon 8 --steps 2000
     python examples/sample_density.py mypackage.targets:log_banana --dim 2
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 import torch
 
 from diffrl.agents import DxDP, DxDPConfig
-from diffrl.densities import TARGETS, Target, importance_log_weights, scaled
+from diffrl.densities import TARGETS, GaussianStart, Target, importance_log_weights, scaled
 from diffrl.dxmi import DxMI
 from diffrl.mdp import ChainMDP
 from diffrl.metrics import sliced_wasserstein
@@ -51,15 +51,16 @@ def load_target(spec: str, dim: int | None) -> Target:
 
 def train_sampler(
     target: Target, horizon: int, steps: int, batch: int = 256, tau_entropy: float = 0.1, ratio: float = 3.0,
-    step_scale: float = 0.5, lr: float = 2e-3, hidden: int = 64, temperature: float = 1.0,
+    step_scale: float = 0.5, lr: float = 2e-3, hidden: int = 64, temperature: float = 1.0, start_std: float = 1.0,
 ) -> tuple[GaussianStepPolicy, ChainMDP]:
-    """DxDP on ``FixedReward(target.log_prob, temperature)`` from N(0, I): T = horizon steps with fixed
+    """DxDP on ``FixedReward(target.log_prob, temperature)`` from N(0, start_std^2 I): T = horizon steps with fixed
     velocity scales s_t = step_scale, tau_velocity = tau_entropy / ratio (the reference walk's variance
     is ratio * sum s_t^2), the sampler's learning rate decayed linearly to 0 over ``steps``."""
     d = target.dim
     scales = torch.full((horizon,), step_scale)
+    start = None if start_std == 1.0 else GaussianStart((d,), start_std)
     mdp = ChainMDP(FixedReward(target.log_prob, temperature), (d,), scales, tau_velocity=tau_entropy / ratio, avr_decay=None,
-                   tau_entropy=tau_entropy)
+                   tau_entropy=tau_entropy, start=start)
     policy = GaussianStepPolicy(ResidualMean(TimeMLP(d, d, hidden=hidden, depth=3, time_dim=16)), scales, (d,))
     value = TimeMLP(d, 1, hidden=hidden, depth=3, time_dim=16)
     agent = DxDP(policy, value, mdp, DxDPConfig(lr_sampler=lr, lr_sigma=1e-2, lr_value=1e-2))
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training iterations (default 2000, --quick 400)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--ratio", type=float, default=3.0, help="tau_entropy / tau_velocity")
+    parser.add_argument("--start-std", type=float, default=1.0, help="x_0 ~ N(0, start_std^2 I) (in the scaled units)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--n", type=int, default=10_000, help="samples scored")
     parser.add_argument("--seed", type=int, default=0)
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (400 if args.quick else 2000)
     start = time.perf_counter()
     policy, mdp = train_sampler(Target(work.name, work.dim, counted, work.sample), args.horizon, steps, args.batch,
-                                ratio=args.ratio, temperature=args.temperature)
+                                ratio=args.ratio, temperature=args.temperature, start_std=args.start_std)
     train_seconds = time.perf_counter() - start
     train_calls = calls[0]
     gen = torch.Generator().manual_seed(args.seed + 1)

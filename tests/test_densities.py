@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from diffrl.densities import funnel, gmm40, importance_log_weights, manywell, scaled
+from diffrl.densities import GaussianStart, funnel, gmm40, importance_log_weights, manywell, scaled
 from diffrl.mdp import ChainMDP, OriginStart
 from diffrl.policy import GaussianStepPolicy, rollout
 from diffrl.rewards import FixedReward
@@ -46,11 +46,12 @@ class Linear(nn.Module):
 
 def test_importance_weights_estimate_the_normaliser():
     """A linear-Gaussian chain that is not the reference walk (gains 0.9, offset 0.3, the walk's
-    noise); log p~ = log N(0, 0.5 I) + 1.5: logmeanexp(log w) estimates log Z = 1.5 from both starts."""
+    noise); log p~ = log N(0, 0.5 I) + 1.5: logmeanexp(log w) estimates log Z = 1.5 from the N(0, I),
+    origin and N(0, 1.7^2 I) starts."""
     scales, dim = torch.tensor([0.6, 0.5, 0.4]), 2
     policy = GaussianStepPolicy(Linear(torch.full((3,), 0.9)), scales * math.sqrt(2.0), (dim,))
     log_p = lambda x: Normal(0.0, math.sqrt(0.5)).log_prob(x).sum(1) + 1.5  # noqa: E731
-    for start in (None, OriginStart((dim,))):
+    for start in (None, OriginStart((dim,)), GaussianStart((dim,), 1.7)):
         mdp = ChainMDP(FixedReward(log_p, 1.0), (dim,), scales, 0.05, avr_decay=None, tau_entropy=0.1, start=start)
         g = torch.Generator().manual_seed(0)
         chain = rollout(policy, mdp.reset(400_000, g), 3, g)
@@ -87,3 +88,50 @@ def test_sample_density_example_learns_the_gaussian_target(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert abs(out["log_z_estimate"]) < 0.05, out
     assert out["sw2_to_exact"] < 0.1 and out["ess_fraction"] > 0.5, out
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "densities.py"
+    spec = importlib.util.spec_from_file_location("benchmark_densities", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_published_number_has_a_source_and_numeric_values():
+    """benchmarks/densities.py PUBLISHED: per target and method, a source naming an arXiv id and a table,
+    a boolean ``comparable``, text only in the known text fields, and every other value a finite number."""
+    bench = _benchmark()
+    assert set(bench.PUBLISHED) <= set(bench.SETTINGS)
+    methods = 0
+    for target, records in bench.PUBLISHED.items():
+        for method, record in records.items():
+            methods += 1
+            assert isinstance(record.get("source"), str) and "arXiv:" in record["source"] and "Table" in record["source"], (target, method)
+            assert isinstance(record.get("comparable"), bool), (target, method)
+            numbers = {k: v for k, v in record.items() if k not in (*bench.PUBLISHED_TEXT_FIELDS, "comparable")}
+            assert numbers, (target, method)
+            for key, value in numbers.items():
+                assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), (target, method, key)
+            for key in bench.PUBLISHED_TEXT_FIELDS:
+                assert isinstance(record.get(key, ""), str), (target, method, key)
+    assert methods >= 10
+
+
+def test_published_only_rewrites_just_the_published_part(tmp_path):
+    """--published-only on an existing results file: the measured parts stay byte-for-byte, published is replaced."""
+    import json
+
+    bench = _benchmark()
+    measured = {"diffrl": {"log_z_error": -1.5, "w2": 3.0}, "baseline": {"log_z_error": -0.5}}
+    old = {"funnel": {**measured, "published": {"stale": {"x": 1.0}}}, "meta": {"command": "x"}}
+    out = tmp_path / "d.json"
+    out.write_text(json.dumps(old))
+    assert bench.main(["--published-only", "--out", str(out)]) == 0
+    new = json.loads(out.read_text())
+    assert new["funnel"]["diffrl"] == measured["diffrl"] and new["funnel"]["baseline"] == measured["baseline"]
+    assert new["funnel"]["published"] == json.loads(json.dumps(bench.PUBLISHED["funnel"]))
+    assert new["meta"]["command"] == "x" and "published_updated" in new["meta"]
