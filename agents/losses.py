@@ -105,7 +105,7 @@ def squared_td_error(v: Tensor, target: Tensor) -> Tensor:
 
 
 def sampler_terms(
-    mdp: ChainMDP, cost_to_go: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor
+    mdp: ChainMDP, cost_to_go: Tensor, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor, mean: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The sampler objective's named terms at states x (*batch, *event), steps t (*batch,) long and
     reparametrised next states x_next, each (*batch,):
@@ -113,7 +113,10 @@ def sampler_terms(
         cost_to_go     V(x', t + 1) (given by the caller, with gradient through x')
         velocity       v_t(x_t, x') (unweighted)
         velocity_cost  tau_velocity v_t, the running cost
-        anchor_cost    tau_anchor a_t(x_t, x') (only when the MDP has an anchor)
+        anchor_cost    tau_anchor a_t(x_t, x') (only when the MDP has an anchor); with the step's
+                       ``mean`` (*batch, *event) given, its expectation over the step's noise in
+                       closed form (``TeacherAnchor.expected``): the same objective, without the
+                       noise's gradient variance
         entropy_bonus  h_t = mdp.tau_entropy log sigma_t (log_sigma (T,) with gradient)
         objective      cost_to_go + velocity_cost (+ anchor_cost) - entropy_bonus, to minimise
     """
@@ -124,7 +127,8 @@ def sampler_terms(
     if mdp.anchor is None:
         terms["objective"] = cost_to_go + velocity_cost - bonus
     else:
-        terms["anchor_cost"] = mdp.tau_anchor * mdp.anchor(x, x_next, t)
+        anchor = mdp.anchor(x, x_next, t) if mean is None else mdp.anchor.expected(x, mean, log_sigma.exp()[t], t)
+        terms["anchor_cost"] = mdp.tau_anchor * anchor
         terms["objective"] = cost_to_go + velocity_cost + terms["anchor_cost"] - bonus
     return terms
 
@@ -165,7 +169,8 @@ class SamplerLoss(nn.Module):
     mean of ``sampler_terms``' objective, plain tensors.
 
     The gradient reaches the policy through V (no back-propagation through time); the value's
-    parameters get gradient too, so step only the policy's optimiser on it.
+    parameters get gradient too, so step only the policy's optimiser on it. With an anchor the
+    anchor's cost enters in expectation over the step's noise (``TeacherAnchor.expected``).
     """
 
     def __init__(self, policy: GaussianStepPolicy, value: nn.Module, mdp: ChainMDP) -> None:
@@ -173,9 +178,14 @@ class SamplerLoss(nn.Module):
         self.policy, self.value, self.mdp = policy, value, mdp
 
     def forward(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
-        x_next = self.policy(x, t)
+        mean = None
+        if self.mdp.anchor is None:
+            x_next = self.policy(x, t)
+        else:  # the anchor's cost in expectation over the step's noise (``sampler_terms``)
+            mean = self.policy.mean(x, t)
+            x_next = mean + self.policy.sigma[t].view(-1, *([1] * (x.ndim - 1))) * torch.randn_like(mean)
         cost_to_go = soft_value(self.value, self.mdp, x_next, t + 1)
-        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, self.policy.log_sigma)
+        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, self.policy.log_sigma, mean)
         return {
             "loss_sampler": terms["objective"].mean(),
             "sampler_cost_to_go": terms["cost_to_go"].mean().detach(),

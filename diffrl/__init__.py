@@ -19,7 +19,7 @@ _EXPORTS = {
     "energy_auc": "metrics", "mmd_rbf": "metrics", "sliced_wasserstein": "metrics", "AtTime": "nets", "TimeMLP": "nets",
     "DDIMMean": "policy", "GaussianStepPolicy": "policy", "rollout": "policy", "EnergyReward": "rewards",
     "FixedReward": "rewards", "RewardModel": "rewards", "WeightedReward": "rewards", "ClassifierReward": "rewards",
-    "OriginStart": "mdp", "TeacherAnchor": "mdp", "guided_sample": "sampling", "ResidualMean": "nets", "ChainSchedule": "schedules",
+    "OriginStart": "mdp", "TeacherAnchor": "mdp", "guided_sample": "sampling", "DenoisedCost": "sampling", "ResidualMean": "nets", "ChainSchedule": "schedules",
     "OptimizerStep": "optim", "load_config": "app.config", "train": "app.pipeline", "pretrain": "app.pipeline",
     "from_run": "app.pipeline", "Run": "app.pipeline",
 }

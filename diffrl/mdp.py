@@ -76,10 +76,24 @@ class TeacherAnchor(nn.Module):
         self.horizon = policy.horizon
         self.register_buffer("scale_sq", sigma.float() ** 2)
 
+    def teacher_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """mu_teacher(x, t) (*batch, *event) for x (*batch, *event), t (*batch,) long in 0..T-1."""
+        return self.mean_model(x.reshape(-1, *self.event_shape), t.reshape(-1)).reshape(x.shape)
+
     def forward(self, x: Tensor, x_next: Tensor, t: Tensor) -> Tensor:
         """a_t (*batch,) for x, x_next (*batch, *event), t (*batch,) long in 0..T-1; differentiable in x_next."""
-        mean = self.mean_model(x.reshape(-1, *self.event_shape), t.reshape(-1)).reshape(x_next.shape)
-        return (x_next - mean).reshape(*t.shape, -1).pow(2).mean(-1) / (2 * self.scale_sq[t])
+        return (x_next - self.teacher_mean(x, t)).reshape(*t.shape, -1).pow(2).mean(-1) / (2 * self.scale_sq[t])
+
+    def expected(self, x: Tensor, mean: Tensor, sigma: Tensor, t: Tensor) -> Tensor:
+        """E a_t over x_next ~ N(mean, sigma^2 I), (*batch,), in closed form:
+
+            mean_d (mean - mu_teacher(x, t))^2 / (2 s_t^2) + sigma^2 / (2 s_t^2)
+
+        x, mean (*batch, *event); sigma (*batch,) the step's noise; t (*batch,) long. Its gradient
+        is the expectation of ``forward``'s without the sampled noise's variance, which at small
+        s_t swamps a reward's: (x_next - mu) / (D s_t^2) carries sigma eps / (D s_t^2)."""
+        gap = (mean - self.teacher_mean(x, t)).reshape(*t.shape, -1).pow(2).mean(-1)
+        return (gap + sigma**2) / (2 * self.scale_sq[t])
 
 
 class ChainMDP(nn.Module):

@@ -4,6 +4,7 @@ a sampler trained from scratch landing on a 2-D Gaussian target, the anchor cost
 rewards, ClassifierReward and guided sampling."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -226,3 +227,86 @@ def test_guided_sample_one_function_for_values_and_rewards():
     torch.testing.assert_close(guided[-1], x)
     with pytest.raises(TypeError, match="guide must be"):
         guided_sample(policy, 3.0, 4, 0.1)
+
+
+def test_guided_sample_variance_step_is_the_gaussian_tilt():
+    """step="variance": x_{t+1} - strength sigma_t^2 grad cost; at strength 1 and a linear cost
+    g.x it is the mean of N(mu, sigma^2) tilted by exp(-g.x), N(mu - sigma^2 g, sigma^2), written here by hand."""
+    torch.manual_seed(0)
+    policy = GaussianStepPolicy(TimeMLP(2, 2, hidden=8, depth=1, time_dim=4), torch.tensor([0.8, 0.3, 0.1]), (2,))
+    g_vec = torch.tensor([0.7, -1.3])
+    cost = lambda x, t: x @ g_vec  # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    guided = guided_sample(policy, cost, 16, 1.0, gen(), step="variance")
+    g = gen(); x = torch.randn(16, 2, generator=g)
+    for t in range(3):
+        noise = torch.randn(16, 2, generator=g)
+        with torch.no_grad():
+            mu = policy.mean(x, t)
+        s = float(policy.sigma[t].detach())
+        x = mu - s**2 * g_vec + s * noise
+    torch.testing.assert_close(guided[-1], x)
+    with pytest.raises(ValueError, match="'sigma' or 'variance'"):
+        guided_sample(policy, cost, 4, 1.0, step="sigma2")
+
+
+class _KnownEps(nn.Module):
+    """An eps model that returns a stored eps (B, ...) whatever its input: the true noise of x_t."""
+
+    def __init__(self, eps: torch.Tensor) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.eps
+
+
+def test_denoised_cost_recovers_the_clean_sample():
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps with the true eps: DenoisedCost.clean gives x0 back at
+    every t < T and x itself at t = T; the cost is -log p(x0) / temperature."""
+    from diffrl.sampling import DenoisedCost
+    from diffrl.schedules import ChainSchedule
+
+    torch.manual_seed(0)
+    schedule = ChainSchedule.var(4)
+    x0, eps = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    reward = ClassifierReward(classifier, label=1, temperature=0.5)
+    cost = DenoisedCost(_KnownEps(eps), schedule, reward)
+    for t in range(4):
+        a = float(schedule.levels[t])
+        x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+        torch.testing.assert_close(cost.clean(x_t, t), x0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cost(x_t, torch.full((5,), t)), -torch.log_softmax(classifier(x0), 1)[:, 1] / 0.5, atol=1e-4, rtol=1e-4)
+    assert torch.equal(cost.clean(x0, 4), x0)
+    mixed = torch.tensor([0, 4, 2, 4, 1])
+    a = schedule.levels.float()[mixed].view(5, 1, 1, 1)
+    x_mixed = torch.where(mixed.view(5, 1, 1, 1) == 4, x0, a.sqrt() * x0 + (1 - a).sqrt() * eps)
+    torch.testing.assert_close(cost.clean(x_mixed, mixed), x0, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="RewardModel"):
+        DenoisedCost(_KnownEps(eps), schedule, lambda x: x.sum(1))
+
+
+def test_anchor_expected_cost_matches_monte_carlo_and_has_no_noise_gradient():
+    """TeacherAnchor.expected against the mean of the sampled a_t over many noise draws; and
+    DxDP's sampler loss at policy = teacher with a flat value: the exact gradient on the policy's
+    mean is 0 (the KL is at its minimum), which the closed form gives and the sampled anchor did not
+    (its sigma eps / (D s^2) term: at s = 0.01 it swamped any reward's gradient, measured on digits)."""
+    from diffrl.agents.losses import SamplerLoss
+
+    torch.manual_seed(0)
+    teacher = GaussianStepPolicy(TimeMLP(2, 2, hidden=8, depth=1, time_dim=4), torch.tensor([0.5, 0.05, 0.01]), (2,))
+    anchor = TeacherAnchor(teacher)
+    x, t = torch.randn(4, 2), torch.tensor([0, 1, 2, 1])
+    mean, sigma = torch.randn(4, 2), torch.tensor([0.3, 0.02, 0.01, 0.05])
+    draws = mean + sigma[:, None] * torch.randn(200000, 4, 2)
+    mc = anchor(x.expand(200000, 4, 2), draws, t.expand(200000, 4)).mean(0)
+    torch.testing.assert_close(anchor.expected(x, mean, sigma, t), mc, rtol=1e-2, atol=0)
+
+    policy = copy.deepcopy(teacher)
+    reward = FixedReward(lambda x: torch.zeros(x.shape[0]), temperature=1.0)
+    mdp = ChainMDP(reward, (2,), teacher.sigma.detach(), 0.0, avr_decay=None, tau_entropy=0.1, anchor=anchor, tau_anchor=0.1)
+    flat_value = lambda x, t: torch.zeros(x.shape[0])  # noqa: E731
+    loss = SamplerLoss(policy, flat_value, mdp)(torch.randn(64, 2), torch.randint(0, 3, (64,)))["loss_sampler"]
+    grads = torch.autograd.grad(loss, policy.mean_parameters())
+    assert max(float(g.abs().max()) for g in grads) < 1e-6
