@@ -2,7 +2,9 @@
 
 Per call of ``update(chain)`` on the current sampler's chains (T + 1, B, ...):
   1. T value steps, t = T-1 down to 0, each one gradient step of ``ValueTDLoss`` on that t's
-     transitions;
+     transitions (the paper's order: each step's target uses the value the step before left);
+     ``value_steps="batched"`` takes instead one step on all B * T transitions (not the paper's
+     algorithm: every target comes from the iteration's starting value, and V moves once);
   2. one sampler step of ``SamplerLoss`` on ``sampler_batch`` states drawn uniformly from the
      B * T states x_0..x_{T-1}, with gradient-norm clipping;
   3. optionally a Polyak update of the target value network.
@@ -31,6 +33,8 @@ class DxDPConfig:
 
     value_target: "running" (Algorithm 1), or a time cost "sigmoid" / "constant" / "none" (Algorithm 2).
     target_update: Polyak rate of a target value network, or None for none (the paper's default).
+    value_steps: "sequential" (the paper's: T steps, t = T-1 .. 0) or "batched" (one step on all
+    B * T transitions: fewer, larger passes; a different algorithm, not shown equal, so not the default).
     """
 
     lr_sampler: float = 1e-4
@@ -42,6 +46,7 @@ class DxDPConfig:
     value_grad_clip: float | None = None
     sampler_batch: int | None = None
     target_update: float | None = None
+    value_steps: str = "sequential"
 
     def __post_init__(self) -> None:
         for name in ("lr_sampler", "lr_sigma", "lr_value"):
@@ -49,6 +54,8 @@ class DxDPConfig:
                 raise ValueError(f"dxdp.{name} must be >= 0, got {getattr(self, name)}")
         if self.target_update is not None and not 0 < self.target_update <= 1:
             raise ValueError(f"dxdp.target_update must be in (0, 1] or None, got {self.target_update}")
+        if self.value_steps not in ("sequential", "batched"):
+            raise ValueError(f"dxdp.value_steps must be 'sequential' or 'batched', got {self.value_steps!r}")
         time_cost(self.value_target, 1)
 
 
@@ -110,11 +117,17 @@ class DxDP:
         chain = chain.detach()
         log_sigma = self.policy.log_sigma.detach()
         value_losses = []
-        for t in reversed(range(T)):
-            step = torch.full((B,), t, device=chain.device, dtype=torch.long)
-            out = self.value_loss(chain[t], chain[t + 1], step, log_sigma)
-            self.value_step(out["loss_value"], f"loss_value at t = {t}")
+        if self.config.value_steps == "batched":
+            steps = torch.arange(T, device=chain.device).repeat_interleave(B)  # matches chain[:-1].flatten(0, 1)
+            out = self.value_loss(chain[:-1].flatten(0, 1), chain[1:].flatten(0, 1), steps, log_sigma)
+            self.value_step(out["loss_value"], "loss_value (all steps)")
             value_losses.append(out["loss_value"].detach())
+        else:
+            for t in reversed(range(T)):
+                step = torch.full((B,), t, device=chain.device, dtype=torch.long)
+                out = self.value_loss(chain[t], chain[t + 1], step, log_sigma)
+                self.value_step(out["loss_value"], f"loss_value at t = {t}")
+                value_losses.append(out["loss_value"].detach())
 
         n = self.config.sampler_batch or B
         t_idx = torch.randint(0, T, (n,), device=chain.device)

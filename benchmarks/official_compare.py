@@ -1,19 +1,21 @@
 """Seconds per DxMI iteration: diffrl against the authors' published trainer, interleaved fresh processes.
 
-    python benchmarks/official_compare.py AUTHORS                # full run: docs/results/speed.json
+    python benchmarks/official_compare.py AUTHORS                # full run (about 11 min, 2 threads): docs/results/speed.json
     python benchmarks/official_compare.py AUTHORS --quick        # one round, few iterations (a smoke test)
+    python benchmarks/official_compare.py AUTHORS --with-batched # also diffrl with train.dxdp.value_steps=batched (+50%)
 
 AUTHORS is a work tree of the authors' code (swyoon/Diffusion-by-MaxEntIRL), e.g. made with
 ``git --git-dir=REPO archive HEAD | tar -x -C AUTHORS``. It is imported from there, never copied.
 
-Configurations (issue 14), each at equal parameter counts on both sides (reported):
+Configurations (issue 14); the samplers have equal parameter counts, the energies nearly (reported):
   cifar10_5m    the Ho et al. CIFAR-10 UNet (35.7M) with a ~5M energy, batch 8
   small8_5m     an 8x8 single-channel UNet (0.92M, channels 32, 64) with a ~5M energy, batch 128
   small8_0.3m   the same UNet with a ~0.3M energy, batch 128
 Both run the image variant at T = 10 (spec sections 6-8): VAR chain, trainable sigma (last fixed),
 value = energy (one network, one Adam), sigmoid time cost, AVR 0.99, Adam 1e-7 / 1e-5 / 1e-5.
-Their side is their CIFAR-10 config (configs/cifar10/T10.yaml: ``unet_small.Model``,
-``IGEBMEncoderV2``, ``DxMI_Trainer``), with the networks resized for the small configurations.
+Their side is their CIFAR-10 config (configs/cifar10/T10.yaml: ``unet_small.Model`` with its
+dropout 0.1, ``IGEBMEncoderV2``, ``DxMI_Trainer``), with the networks resized for the small
+configurations.
 diffrl's energy is an ``EnergyResNet`` of mults (1, 2, 4) and one block per stage, width 128 or
 32: 4.8% fewer parameters and 4% fewer forward FLOPs than their IGEBM network of width 128 or 32
 (widths 131 and 33 would match the parameters within 1.3%, but a width that is not a multiple
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+SIDES = ("theirs", "diffrl", "diffrl_batched")
 PHASES = ("sampling", "energy_step", "value_steps", "sampler_step", "other")
 AUTHORS_FILES = (
     "models/DxMI/trainer.py", "models/DxMI/var_sampler.py", "models/DxMI/unet_small.py", "models/modules.py",
@@ -135,9 +138,10 @@ def _forward_gflops(module, x, *args) -> float:
     return counter.get_total_flops() / x.shape[0] / 1e9
 
 
-def build_ours(name: str) -> tuple[Callable[[], None], PhaseClock, dict]:
+def build_ours(name: str, value_steps: str = "sequential") -> tuple[Callable[[], None], PhaseClock, dict]:
     """diffrl's DxMI as ``diffrl.app.pipeline.train`` composes an image run (the cifar10 preset), with
-    the configuration's UNet, batch and energy; ``step()`` and a clock of its phases."""
+    the configuration's UNet, batch and energy and ``train.dxdp.value_steps``; ``step()`` and a clock
+    of its phases."""
     import torch
 
     from diffrl.app.config import load_config
@@ -152,7 +156,8 @@ def build_ours(name: str) -> tuple[Callable[[], None], PhaseClock, dict]:
 
     c = CONFIGS[name]
     (ch, h, _), batch = c["shape"], c["batch"]
-    config = load_config("cifar10", [f"train.batch_size={batch}", "data.name=benchmark", "image.features=none"])
+    overrides = [f"train.batch_size={batch}", f"train.dxdp.value_steps={value_steps}", "data.name=benchmark", "image.features=none"]
+    config = load_config("cifar10", overrides)
     task = make_task(config, load=False)
     data = torch.rand(1024, *c["shape"]) * 2 - 1
     task.data = ImageData(data, data[:16], data[:16])
@@ -186,7 +191,8 @@ def _instantiate(spec: dict, **overrides):
     """The object a config entry with ``_target_`` names (as hydra would build it), nested targets first."""
     import importlib
 
-    kwargs = {k: _instantiate(v) if isinstance(v, dict) and "_target_" in v else v for k, v in spec.items() if k != "_target_"}
+    kwargs = {k: _instantiate(v) if isinstance(v, dict) and "_target_" in v else v
+              for k, v in spec.items() if k != "_target_" and k not in overrides}
     kwargs.update(overrides)
     module, _, cls = spec["_target_"].rpartition(".")
     return getattr(importlib.import_module(module), cls)(**kwargs)
@@ -279,7 +285,10 @@ def child(side: str, name: str, authors: Path, warmup: int, iters: int, threads:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     build_start = time.perf_counter()
-    step, clock, sizes = build_ours(name) if side == "diffrl" else build_theirs(name, authors)
+    if side == "theirs":
+        step, clock, sizes = build_theirs(name, authors)
+    else:
+        step, clock, sizes = build_ours(name, "batched" if side == "diffrl_batched" else "sequential")
     build_s = time.perf_counter() - build_start
     for _ in range(warmup):
         step()
@@ -326,8 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--rounds", type=int, help=f"rounds per configuration (default {FULL['rounds']}, --quick {QUICK['rounds']})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every process (default 2)")
+    parser.add_argument("--with-batched", action="store_true",
+                        help="also time diffrl with train.dxdp.value_steps=batched (one value step on all transitions; not the paper's)")
     parser.add_argument("--out", type=Path, help="default docs/results/speed.json (--quick: nothing written unless given)")
-    parser.add_argument("--child", choices=["diffrl", "theirs"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--iters", type=int, default=1, help=argparse.SUPPRESS)
@@ -349,29 +360,29 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     results = {}
     for name in args.configs:
-        runs: dict[str, list[dict]] = {"diffrl": [], "theirs": []}
+        sides = SIDES if args.with_batched else SIDES[:2]
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
         for r in range(plan["rounds"]):
-            for side in (("theirs", "diffrl") if r % 2 == 0 else ("diffrl", "theirs")):
+            for side in (sides if r % 2 == 0 else sides[::-1]):
                 out = run_child(side, name, args, plan["iters"][name], plan)
                 runs[side].append(out)
                 print(f"{name} round {r + 1} {side}: {out['s_per_iter']:.3f} s/iter  "
                       + "  ".join(f"{p} {s:.3f}" for p, s in out["phases"].items()), flush=True)
-        ours, theirs = summarise(runs["diffrl"]), summarise(runs["theirs"])
+        sizes = ("sampler_params", "energy_params", "sampler_gflops_per_sample", "energy_gflops_per_sample", "energy")
         results[name] = {
             "setup": {**{k: list(v) if isinstance(v, tuple) else v for k, v in CONFIGS[name].items()}, "horizon": 10,
                       "iters_per_process": plan["iters"][name], "warmup": plan["warmup"], "rounds": plan["rounds"]},
-            "diffrl": {**ours, **{k: runs["diffrl"][0][k] for k in ("sampler_params", "energy_params", "sampler_gflops_per_sample",
-                                                                     "energy_gflops_per_sample", "energy")}},
-            "theirs": {**theirs, **{k: runs["theirs"][0][k] for k in ("sampler_params", "energy_params", "sampler_gflops_per_sample",
-                                                                       "energy_gflops_per_sample", "energy")}},
-            "ratio": ours["s_per_iter"] / theirs["s_per_iter"],
-            "ratio_paired_median": paired_ratio(runs["diffrl"], runs["theirs"]),
-            "runs": runs,
+            **{side: {**summarise(runs[side]), **{k: runs[side][0][k] for k in sizes}} for side in sides},
         }
+        for side in sides[1:]:
+            suffix = "" if side == "diffrl" else "_batched"
+            results[name][f"ratio{suffix}"] = results[name][side]["s_per_iter"] / results[name]["theirs"]["s_per_iter"]
+            results[name][f"ratio{suffix}_paired_median"] = paired_ratio(runs[side], runs["theirs"])
+        results[name]["runs"] = runs
     import torch
 
     record = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(__file__).relative_to(REPO)) if Path(__file__).is_relative_to(REPO) else __file__, *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/official_compare.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick, "threads": args.threads, "torch": torch.__version__, "machine": _machine(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "wall_s": time.time() - start,
@@ -380,7 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| configuration | theirs s/iter | diffrl s/iter | diffrl / theirs | paired median |")
     print("|---|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['theirs']['s_per_iter']:.3f} | {r['diffrl']['s_per_iter']:.3f} | {r['ratio']:.3f} | {r['ratio_paired_median']:.3f} |")
+        for side, suffix in (("diffrl", ""), ("diffrl_batched", "_batched")):
+            if side in r:
+                label = f"{name} (value_steps=batched)" if suffix else name
+                print(f"| {label} | {r['theirs']['s_per_iter']:.3f} | {r[side]['s_per_iter']:.3f} "
+                      f"| {r['ratio' + suffix]:.3f} | {r['ratio' + suffix + '_paired_median']:.3f} |")
     out = args.out or (None if args.quick else REPO / "docs" / "results" / "speed.json")
     if out is not None:
         Path(out).write_text(json.dumps(record, indent=1) + "\n")

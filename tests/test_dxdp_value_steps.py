@@ -1,0 +1,55 @@
+"""DxDP's value_steps option: "sequential" (the paper's, the default) and "batched" (one step on all transitions)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from diffrl.agents.dxdp import DxDP, DxDPConfig
+from diffrl.agents.losses import ValueTDLoss, time_cost
+from test_mdp_losses import make_mdp, make_policy, make_value
+
+
+def _agent(**cfg) -> DxDP:
+    torch.manual_seed(0)
+    return DxDP(make_policy(), make_value(), make_mdp(), DxDPConfig(lr_value=1e-2, lr_sampler=0.0, lr_sigma=0.0, **cfg))
+
+
+def test_default_is_the_papers_sequential_order():
+    assert DxDPConfig().value_steps == "sequential"
+    with pytest.raises(ValueError, match="value_steps"):
+        DxDPConfig(value_steps="parallel")
+
+
+@pytest.mark.parametrize("value_target", ["running", "sigmoid"])
+def test_batched_is_one_adam_step_on_the_mean_td_loss_of_all_transitions(value_target):
+    agent = _agent(value_steps="batched", value_target=value_target)
+    T = agent.mdp.horizon
+    chain = agent.policy.sample(16, generator=torch.Generator().manual_seed(1))
+    # the independent computation: one Adam step on the mean over t of each step's mean TD loss (same B per t)
+    value = copy.deepcopy(agent.value)
+    loss_fn = ValueTDLoss(value, agent.mdp, time_cost(value_target, T))
+    log_sigma = agent.policy.log_sigma.detach()
+    loss = torch.stack([
+        loss_fn(chain[t], chain[t + 1], torch.full((16,), t), log_sigma)["loss_value"] for t in range(T)
+    ]).mean()
+    optimizer = torch.optim.Adam(value.parameters(), lr=1e-2)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    steps = []
+    agent.value_optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    metrics = agent.update(chain)
+    assert len(steps) == 1
+    torch.testing.assert_close(metrics["loss_value"], loss.detach())
+    for p_agent, p_ref in zip(agent.value.parameters(), value.parameters()):
+        torch.testing.assert_close(p_agent, p_ref)
+
+
+def test_sequential_takes_one_value_step_per_t():
+    agent = _agent()
+    steps = []
+    agent.value_optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    agent.update(agent.policy.sample(16, generator=torch.Generator().manual_seed(1)))
+    assert len(steps) == agent.mdp.horizon
