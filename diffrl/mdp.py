@@ -90,8 +90,8 @@ class TeacherAnchor(nn.Module):
             mean_d (mean - mu_teacher(x, t))^2 / (2 s_t^2) + sigma^2 / (2 s_t^2)
 
         x, mean (*batch, *event); sigma (*batch,) the step's noise; t (*batch,) long. Its gradient
-        is the expectation of ``forward``'s without the sampled noise's variance, which at small
-        s_t swamps a reward's: (x_next - mu) / (D s_t^2) carries sigma eps / (D s_t^2)."""
+        is the expectation of ``forward``'s without the sampled noise's variance: (x_next - mu) /
+        (D s_t^2) carries sigma eps / (D s_t^2), largest at small s_t (docs/rewards.md)."""
         gap = (mean - self.teacher_mean(x, t)).reshape(*t.shape, -1).pow(2).mean(-1)
         return (gap + sigma**2) / (2 * self.scale_sq[t])
 

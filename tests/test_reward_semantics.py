@@ -291,7 +291,7 @@ def test_anchor_expected_cost_matches_monte_carlo_and_has_no_noise_gradient():
     """TeacherAnchor.expected against the mean of the sampled a_t over many noise draws; and
     DxDP's sampler loss at policy = teacher with a flat value: the exact gradient on the policy's
     mean is 0 (the KL is at its minimum), which the closed form gives and the sampled anchor did not
-    (its sigma eps / (D s^2) term: at s = 0.01 it swamped any reward's gradient, measured on digits)."""
+    (its sigma eps / (D s^2) term; on digits its noise had norm 0.104 against the value term's 0.065)."""
     from diffrl.agents.losses import SamplerLoss
 
     torch.manual_seed(0)
