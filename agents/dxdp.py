@@ -123,9 +123,8 @@ class DxDP:
             self.value_step(out["loss_value"], "loss_value (all steps)")
             value_losses.append(out["loss_value"].detach())
         else:
-            for t in reversed(range(T)):
-                step = torch.full((B,), t, device=chain.device, dtype=torch.long)
-                out = self.value_loss(chain[t], chain[t + 1], step, log_sigma)
+            for t in reversed(range(T)):  # an int step: V(x_{t+1}, t + 1) picks network or terminal cost without a host sync
+                out = self.value_loss(chain[t], chain[t + 1], t, log_sigma)
                 self.value_step(out["loss_value"], f"loss_value at t = {t}")
                 value_losses.append(out["loss_value"].detach())
 

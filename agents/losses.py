@@ -30,15 +30,25 @@ __all__ = [
 ]
 
 
-def soft_value(value: nn.Module, mdp: ChainMDP, x: Tensor, t: Tensor, dense: bool = False) -> Tensor:
+def soft_value(value: nn.Module, mdp: ChainMDP, x: Tensor, t: Tensor | int, dense: bool = False) -> Tensor:
     """V(x, t) with the boundary V(x, T) = cost(x_T); x (*batch, *event), t (*batch,) long in 0..T
-    -> (*batch,). The value network sees one flat batch: value(x (N, *event), t (N,)) -> (N,).
+    or one int in 0..T for every row -> (*batch,). The value network sees one flat batch:
+    value(x (N, *event), t (N,)) -> (N,).
 
-    dense=False evaluates each row once, with the network or the terminal cost (row selection that
-    depends on t's values: a host sync). dense=True evaluates both on every row and picks with
-    ``torch.where``: twice the work, no data-dependent control flow (works under ``torch.vmap``, as
-    TorchRL's value estimators call value networks).
+    An int t picks the network or the terminal cost without looking at tensor values (no host
+    sync). For a tensor t, dense=False evaluates each row once, with the network or the terminal
+    cost (row selection that depends on t's values: a host sync); dense=True evaluates both on
+    every row and picks with ``torch.where``: twice the work, no data-dependent control flow (works
+    under ``torch.vmap``, as TorchRL's value estimators call value networks).
     """
+    if isinstance(t, int):
+        if not 0 <= t <= mdp.horizon:
+            raise ValueError(f"step index t = {t} is outside 0..{mdp.horizon}")
+        if t == mdp.horizon:
+            return mdp.terminal_cost(x)
+        flat = x.reshape(-1, *mdp.event_shape)
+        steps = torch.full((flat.shape[0],), t, device=x.device, dtype=torch.long)
+        return value(flat, steps).reshape(x.shape[: x.ndim - len(mdp.event_shape)])
     batch = t.shape
     if len(batch) != 1:
         return soft_value(value, mdp, x.reshape(-1, *mdp.event_shape), t.reshape(-1), dense).reshape(batch)
@@ -133,6 +143,11 @@ def sampler_terms(
     return terms
 
 
+def _per_row(t: Tensor | int, x: Tensor) -> Tensor:
+    """t as a (B,) long tensor for x (B, ...): an int repeated, a tensor as it is."""
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long) if isinstance(t, int) else t
+
+
 class ValueTDLoss(nn.Module):
     """Policy evaluation at step t: ``mean (V(x_t, t) - target_t)^2`` (``td_target``), plain tensors.
 
@@ -152,15 +167,18 @@ class ValueTDLoss(nn.Module):
         self.target_value = value if target_value is None else target_value
         self.register_buffer("fixed_time_cost", fixed_time_cost)
 
-    def td_target(self, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor) -> Tensor:
-        """(B,) target, no gradient; t (B,) long, log_sigma (T,)."""
+    def td_target(self, x: Tensor, x_next: Tensor, t: Tensor | int, log_sigma: Tensor) -> Tensor:
+        """(B,) target, no gradient; t (B,) long, or one int step for every row (no host sync); log_sigma (T,)."""
+        steps = _per_row(t, x)
         with torch.no_grad():
             next_value = soft_value(self.target_value, self.mdp, x_next, t + 1)
-            return td_target(self.mdp, next_value, x, x_next, t, log_sigma, self.fixed_time_cost)
+            return td_target(self.mdp, next_value, x, x_next, steps, log_sigma, self.fixed_time_cost)
 
-    def forward(self, x: Tensor, x_next: Tensor, t: Tensor, log_sigma: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, x_next: Tensor, t: Tensor | int, log_sigma: Tensor) -> dict[str, Tensor]:
+        """The mean squared TD error on transitions (x, x_next) (B, ...) at steps t: (B,) long or one int."""
+        steps = _per_row(t, x)
         target = self.td_target(x, x_next, t, log_sigma)
-        v = self.value(x, t)
+        v = self.value(x, steps)
         return {"loss_value": squared_td_error(v, target).mean(), "value": v.mean().detach()}
 
 

@@ -53,3 +53,20 @@ def test_sequential_takes_one_value_step_per_t():
     agent.value_optimizer.register_step_post_hook(lambda *_: steps.append(1))
     agent.update(agent.policy.sample(16, generator=torch.Generator().manual_seed(1)))
     assert len(steps) == agent.mdp.horizon
+
+
+def test_soft_value_at_an_int_step_equals_the_tensor_form():
+    """DxDP's value targets pass the step as an int (no host sync): the same numbers as a full tensor of it."""
+    from diffrl.agents.losses import soft_value
+
+    mdp, value = make_mdp(), make_value()
+    T = mdp.horizon
+    x = torch.randn(6, 3, *mdp.event_shape)
+    for t in (0, T - 1, T):
+        assert torch.equal(soft_value(value, mdp, x, t), soft_value(value, mdp, x, torch.full((6, 3), t)))
+    loss = ValueTDLoss(value, mdp)
+    x, x_next, log_sigma = torch.randn(5, *mdp.event_shape), torch.randn(5, *mdp.event_shape), torch.zeros(T)
+    for t in (0, T - 1):
+        assert torch.equal(loss(x, x_next, t, log_sigma)["loss_value"], loss(x, x_next, torch.full((5,), t), log_sigma)["loss_value"])
+    with pytest.raises(ValueError, match="outside"):
+        soft_value(value, mdp, x, T + 1)
