@@ -7,6 +7,8 @@ Each target is a ``Target``: ``log_prob(x (B, D)) -> (B,)`` (normalised here, so
 - ``gmm40``: the 40-mode 2-D Gaussian mixture of FAB (Midgley et al. 2023) and iDEM (Akhound-Sadegh
   et al. 2024): equal weights, means uniform on [-40, 40]^2 drawn with ``torch.manual_seed(seed)``,
   per-axis std softplus(1) = 1.3133;
+- ``gmm25``: the 25-mode 2-D mixture "25GMM" of Sendera et al. (2024, arXiv:2402.05098, App. B):
+  equal weights, means on the grid {-10, -5, 0, 5, 10}^2, covariance 0.3 I (per-axis std 0.5477);
 - ``funnel``: Neal's funnel in 10-D: v ~ N(0, 3^2), x_i | v ~ N(0, e^v), i = 1..9;
 - ``manywell``: FAB's many-well in 32-D, 16 independent double wells (x_{2i}, x_{2i+1}) with
   log p~ = sum_i (-x_{2i}^4 + 6 x_{2i}^2 + x_{2i} / 2 - x_{2i+1}^2 / 2), unnormalised: ``log_z``
@@ -30,7 +32,7 @@ from torch import Tensor
 from .mdp import ChainMDP
 from .policy import GaussianStepPolicy
 
-__all__ = ["Target", "GaussianStart", "gauss", "gmm40", "gmm40_means", "GMM40_STD", "funnel", "manywell", "scaled", "TARGETS", "importance_log_weights"]
+__all__ = ["Target", "GaussianStart", "gauss", "gmm40", "gmm40_means", "GMM40_STD", "gmm25", "gmm25_means", "GMM25_STD", "funnel", "manywell", "scaled", "TARGETS", "importance_log_weights"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,21 @@ def gmm40_means(seed: int = 0) -> Tensor:
 def gmm40(seed: int = 0) -> Target:
     """FAB's / iDEM's 40-mode mixture in 2-D (module docstring)."""
     return _mixture("gmm40", gmm40_means(seed), GMM40_STD)
+
+
+GMM25_STD = math.sqrt(0.3)
+"""The per-axis std of every gmm25 component: variance 0.3, std 0.5477."""
+
+
+def gmm25_means() -> Tensor:
+    """The 25 means (25, 2) of ``gmm25``: every pair of {-10, -5, 0, 5, 10}."""
+    axis = torch.tensor([-10.0, -5.0, 0.0, 5.0, 10.0])
+    return torch.cartesian_prod(axis, axis)
+
+
+def gmm25() -> Target:
+    """Sendera et al.'s 25-mode grid mixture in 2-D (module docstring)."""
+    return _mixture("gmm25", gmm25_means(), GMM25_STD)
 
 
 def funnel(dim: int = 10) -> Target:
@@ -151,7 +168,7 @@ class GaussianStart(torch.nn.Module):
         return self.std * torch.randn((batch, *self.event_shape), generator=generator, device=device)
 
 
-TARGETS: dict[str, Callable[[], Target]] = {"gauss": gauss, "gmm40": gmm40, "funnel": funnel, "manywell": manywell}
+TARGETS: dict[str, Callable[[], Target]] = {"gauss": gauss, "gmm40": gmm40, "gmm25": gmm25, "funnel": funnel, "manywell": manywell}
 """Built-in targets by name."""
 
 

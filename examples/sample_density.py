@@ -1,6 +1,6 @@
 """Train a T-step sampler for an unnormalised density: no teacher, no data, x_0 ~ N(0, I).
 
-The target is a log-density: a built-in name (``diffrl.densities.TARGETS``: gauss, gmm40, funnel, manywell)
+The target is a log-density: a built-in name (``diffrl.densities.TARGETS``: gauss, gmm40, gmm25, funnel, manywell)
 or ``module:function`` with ``function(x (B, D)) -> (B,)`` (then give --dim). The reward is
 ``FixedReward(log_p, temperature)``, so the chain targets p^(1/temperature) (docs/rewards.md);
 the mean of each step is x + an MLP (``ResidualMean``), trained by DxDP (plain max-entropy RL).

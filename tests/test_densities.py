@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from diffrl.densities import GaussianStart, funnel, gmm40, importance_log_weights, manywell, scaled
+from diffrl.densities import TARGETS, GaussianStart, funnel, gmm25, gmm40, importance_log_weights, manywell, scaled
 from diffrl.mdp import ChainMDP, OriginStart
 from diffrl.policy import GaussianStepPolicy, rollout
 from diffrl.rewards import FixedReward
@@ -33,6 +33,35 @@ def test_gmm40_and_funnel_log_densities_and_samples():
     torch.testing.assert_close(f.log_prob(y), expected)
     s = scaled(f, 4.0)
     torch.testing.assert_close(s.log_prob(y / 4.0), f.log_prob(y) + 10 * math.log(4.0))
+
+
+
+def test_gmm25_against_torch_distributions_and_its_samples():
+    """Sendera et al.'s 25GMM: the log-density against MixtureSameFamily of full-covariance Gaussians built
+    here (grid {-10, -5, 0, 5, 10}^2, covariance 0.3 I, equal weights); exact samples: every mode's share
+    near 1/25 and the spread around the nearest mean 0.3 per axis."""
+    import itertools
+
+    from torch.distributions import MultivariateNormal
+
+    target = TARGETS["gmm25"]()
+    assert target.name == "gmm25" and target.dim == 2 and target.log_z == 0.0
+    mu = torch.tensor(list(itertools.product([-10.0, -5.0, 0.0, 5.0, 10.0], repeat=2)))
+    mix = MixtureSameFamily(Categorical(torch.full((25,), 1 / 25)), MultivariateNormal(mu, covariance_matrix=0.3 * torch.eye(2).expand(25, 2, 2)))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.cat([24 * torch.rand(300, 2, generator=gen) - 12, mu + 0.4 * torch.randn(25, 2, generator=gen)])
+    torch.testing.assert_close(target.log_prob(x), mix.log_prob(x))
+    # normalised: a Riemann sum of the density over [-14, 14]^2 is 1
+    g = torch.linspace(-14, 14, 561, dtype=torch.float64)
+    grid = torch.cartesian_prod(g, g).float()
+    mass = float(torch.exp(target.log_prob(grid)).double().sum()) * float(g[1] - g[0]) ** 2
+    assert mass == pytest.approx(1.0, abs=1e-3)
+    y = target.sample(50_000, torch.Generator().manual_seed(0))
+    nearest = torch.cdist(y, mu).argmin(1)
+    shares = torch.bincount(nearest, minlength=25).float() / y.shape[0]
+    assert float((shares - 1 / 25).abs().max()) < 0.006, shares
+    torch.testing.assert_close((y - mu[nearest]).var(0), torch.full((2,), 0.3), atol=0.01, rtol=0)
+    assert torch.equal(gmm25().sample(5, torch.Generator().manual_seed(3)), target.sample(5, torch.Generator().manual_seed(3)))
 
 
 class Linear(nn.Module):
