@@ -200,8 +200,7 @@ class SamplerLoss(nn.Module):
         if self.mdp.anchor is None:
             x_next = self.policy(x, t)
         else:  # the anchor's cost in expectation over the step's noise (``sampler_terms``)
-            mean = self.policy.mean(x, t)
-            x_next = mean + self.policy.sigma[t].view(-1, *([1] * (x.ndim - 1))) * torch.randn_like(mean)
+            x_next, mean = self.policy.rsample(x, t)
         cost_to_go = soft_value(self.value, self.mdp, x_next, t + 1)
         terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, self.policy.log_sigma, mean)
         return {

@@ -236,12 +236,14 @@ class DxDPSamplerLoss(LossModule):
         x, step = tensordict[keys.observation], tensordict[keys.step]
         t = step.squeeze(-1)
         with self.actor_network_params.to_module(self.actor_network):
-            x_next = self.actor_network.get_dist(tensordict.select(*self.actor_network.in_keys)).rsample()
+            dist = self.actor_network.get_dist(tensordict.select(*self.actor_network.in_keys))
+            x_next = dist.rsample()
             log_sigma = self.policy.log_sigma
+        mean = None if self.mdp.anchor is None else dist.mean  # an anchor's cost in expectation (``sampler_terms``)
         after = TensorDict({keys.observation: x_next, keys.step: step + 1}, batch_size=tensordict.batch_size)
         with self.value_network_params.detach().to_module(self.value_network):
             cost_to_go = self.value_network(after).get(keys.value).squeeze(-1)
-        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, log_sigma)
+        terms = sampler_terms(self.mdp, cost_to_go, x, x_next, t, log_sigma, mean)
         out = {"loss_sampler": self._reduce_loss(terms["objective"], tensordict)}
         out.update({name: terms[name].detach().mean() for name in ("cost_to_go", "velocity_cost", "entropy_bonus")})
         return TensorDict(out, batch_size=[])

@@ -168,8 +168,14 @@ class GaussianStepPolicy(nn.Module):
         if isinstance(t, int) and 0 <= t < self.horizon and x.ndim == len(self.event_shape) + 1:
             step = as_step_index(t, x.shape[0], x.device, self.horizon)
             return self.mean_model(x, step) + _per_sample(self.sigma, step, x) * noise
+        return self.rsample(x, t, noise)[0]
+
+    def rsample(self, x: Tensor, t: int | Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x_{t+1}, mean), both (*batch, *event): ``forward``'s reparametrised step and the mean it was
+        drawn around, for losses that also need the mean (an anchor's expected cost)."""
         mean, step = self._step(x, t)
-        return mean + _per_sample(self.sigma, step, mean) * noise
+        noise = torch.randn_like(mean) if noise is None else noise
+        return mean + _per_sample(self.sigma, step, mean) * noise, mean
 
     def dist(self, x: Tensor, t: int | Tensor) -> Independent:
         """pi(. | x_t, t) as ``Independent(Normal(mean, sigma_t), len(event_shape))``: batch shape

@@ -26,7 +26,7 @@ from diffrl.agents.torchrl import (
 )
 from diffrl.dxmi import DxMI
 from diffrl.envs.torchrl_env import DiffusionMDPEnv, chain_tensordict, rollout_chain, step_policy_module
-from diffrl.mdp import ChainMDP
+from diffrl.mdp import ChainMDP, TeacherAnchor
 from diffrl.nets import TimeMLP
 from diffrl.policy import GaussianStepPolicy
 from diffrl.rewards import FixedReward
@@ -236,6 +236,28 @@ def test_sampler_loss_module_equals_the_fast_path() -> None:
     # the named terms add up to the loss
     torch.testing.assert_close(out["cost_to_go"] + out["velocity_cost"] - out["entropy_bonus"], out["loss_sampler"].detach())
     torch.testing.assert_close(out["entropy_bonus"], TAU_E * SIGMA.log()[states["t"].squeeze(-1)].mean())
+
+
+def test_sampler_loss_module_with_an_anchor_takes_its_expected_cost_like_the_fast_path() -> None:
+    """With a teacher anchor both sampler losses score the anchor in expectation over the step's noise
+    (``TeacherAnchor.expected``), so loss and policy gradients agree as they do without one."""
+    policy, value = make_policy(), make_value()
+    plain = make_mdp()
+    mdp = ChainMDP(plain.reward, (D,), SCALES, tau_velocity=TAU_V, avr_decay=None, tau_entropy=TAU_E,
+                   anchor=TeacherAnchor(make_policy(seed=2)), tau_anchor=0.3)
+    states = rollout(policy, mdp).reshape(-1).select("x", "t")
+    module = DxDPSamplerLoss(probabilistic_actor(policy), value_operator(value, mdp), mdp)
+    fast = SamplerLoss(policy, value, mdp)
+    params = list(policy.parameters())
+    torch.manual_seed(5)
+    out = module(states)
+    grads = torch.autograd.grad(out["loss_sampler"], params)
+    torch.manual_seed(5)
+    ref = fast(states["x"], states["t"].squeeze(-1))
+    ref_grads = torch.autograd.grad(ref["loss_sampler"], params)
+    torch.testing.assert_close(out["loss_sampler"], ref["loss_sampler"], rtol=1e-6, atol=1e-7)
+    for g, h in zip(grads, ref_grads):
+        torch.testing.assert_close(g, h, rtol=1e-6, atol=1e-7)
 
 
 def test_set_keys_renames_what_the_losses_read() -> None:
