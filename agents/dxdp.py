@@ -5,8 +5,8 @@ Per call of ``update(chain)`` on the current sampler's chains (T + 1, B, ...):
      transitions (the paper's order: each step's target uses the value the step before left);
      ``value_steps="batched"`` takes instead one step on all B * T transitions (not the paper's
      algorithm: every target comes from the iteration's starting value, and V moves once);
-  2. one sampler step of ``SamplerLoss`` on ``sampler_batch`` states drawn uniformly from the
-     B * T states x_0..x_{T-1}, with gradient-norm clipping;
+  2. ``sampler_steps`` (the paper: one) sampler steps of ``SamplerLoss``, each on ``sampler_batch``
+     states drawn afresh uniformly from the B * T states x_0..x_{T-1}, with gradient-norm clipping;
   3. optionally a Polyak update of the target value network.
 """
 from __future__ import annotations
@@ -35,6 +35,8 @@ class DxDPConfig:
     target_update: Polyak rate of a target value network, or None for none (the paper's default).
     value_steps: "sequential" (the paper's: T steps, t = T-1 .. 0) or "batched" (one step on all
     B * T transitions: fewer, larger passes; a different algorithm, not shown equal, so not the default).
+    sampler_steps: policy-improvement steps per update, each on a fresh minibatch of the same chains
+    against the same value (the paper's is 1).
     """
 
     lr_sampler: float = 1e-4
@@ -47,6 +49,7 @@ class DxDPConfig:
     sampler_batch: int | None = None
     target_update: float | None = None
     value_steps: str = "sequential"
+    sampler_steps: int = 1
 
     def __post_init__(self) -> None:
         for name in ("lr_sampler", "lr_sigma", "lr_value"):
@@ -54,6 +57,8 @@ class DxDPConfig:
                 raise ValueError(f"dxdp.{name} must be >= 0, got {getattr(self, name)}")
         if self.target_update is not None and not 0 < self.target_update <= 1:
             raise ValueError(f"dxdp.target_update must be in (0, 1] or None, got {self.target_update}")
+        if self.sampler_steps < 1:
+            raise ValueError(f"dxdp.sampler_steps must be >= 1, got {self.sampler_steps}")
         if self.value_steps not in ("sequential", "batched"):
             raise ValueError(f"dxdp.value_steps must be 'sequential' or 'batched', got {self.value_steps!r}")
         time_cost(self.value_target, 1)
@@ -129,10 +134,11 @@ class DxDP:
                 value_losses.append(out["loss_value"].detach())
 
         n = self.config.sampler_batch or B
-        t_idx = torch.randint(0, T, (n,), device=chain.device)
-        b_idx = torch.randint(0, B, (n,), device=chain.device)
-        out = self.sampler_loss(chain[t_idx, b_idx], t_idx)
-        self.sampler_step(out["loss_sampler"], "loss_sampler")
+        for _ in range(self.config.sampler_steps):
+            t_idx = torch.randint(0, T, (n,), device=chain.device)
+            b_idx = torch.randint(0, B, (n,), device=chain.device)
+            out = self.sampler_loss(chain[t_idx, b_idx], t_idx)
+            self.sampler_step(out["loss_sampler"], "loss_sampler")
 
         if self.target_value is not None:
             with torch.no_grad():

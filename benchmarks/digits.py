@@ -3,6 +3,7 @@ and its naive and DDIM T-step samplers.
 
     python benchmarks/digits.py --seeds 0 1 2 --workers 2
     python benchmarks/digits.py --quick --workers 1      # tiny sizes: checks the plumbing
+    python benchmarks/digits.py --variants dxmi_4 dxmi_10 --keep-from OLD.json   # rerun two rows
 
 One teacher (``diffrl pretrain --preset digits``), scored with its own 1000-step ancestral chain
 (teacher_1000), spec section 7's VAR chain before fine-tuning (naive_T, DxMI's start:
@@ -12,7 +13,9 @@ the digits preset: dxmi_4, dxmi_10, dxmi_10_tau0 (tau1 = tau2 = 0), dxmi_10_no_t
 (value target without time cost); dxmi_10_guided samples the dxmi_10 runs with value guidance
 lambda = 0.3. Every number is a test-split score (FD, KID and class coverage on the project's
 digits classifier features) of a run's selected model (best validation FD); DxMI rows hold the
-mean over seeds and ``*_std`` the standard deviation over seeds. Also recorded: the wall time of
+mean over seeds and ``*_std`` the standard deviation over seeds. Each score is the mean over
+--draws independent sample draws of n samples, and ``*_draw_std`` the std between those draws (for
+DxMI rows, its mean over seeds): read a difference against it. Also recorded: the wall time of
 each stage and the sampling throughput of the T-step sampler against a bare loop of T UNet calls
 on the same batch (ratio = bare time / sampler time; 1 means no overhead).
 
@@ -56,7 +59,17 @@ def _scores(result: dict) -> dict:
     return {k: result[k] for k in (*ROW_KEYS, "n", "steps")}
 
 
-def run_teacher(root: str, overrides: list[str], n: int | None) -> dict:
+def _drawn_scores(draws: int, score, seed: int = 0) -> dict:
+    """``score(seed)`` of ``draws`` independent sample draws: the mean per metric, and beside it
+    ``*_draw_std``, the std between draws (how far one draw of n samples moves a number)."""
+    results = [_scores(score(seed + 1000 * d)) for d in range(draws)]
+    row = {k: statistics.fmean(r[k] for r in results) for k in ROW_KEYS}
+    if draws > 1:
+        row.update({f"{k}_draw_std": statistics.stdev(r[k] for r in results) for k in ROW_KEYS})
+    return {**row, "n": results[0]["n"], "steps": results[0]["steps"], "draws": draws}
+
+
+def run_teacher(root: str, overrides: list[str], n: int | None, draws: int = 1) -> dict:
     """Pretrain (or reuse) the teacher; score its 1000-step chain and the naive / DDIM T-step baselines."""
     import torch
 
@@ -74,12 +87,12 @@ def run_teacher(root: str, overrides: list[str], n: int | None) -> dict:
     rows = {}
     for key, steps, schedule in [("teacher_1000", None, "strided"), *((f"{b}_{T}", T, BASELINES[b]) for b in BASELINES for T in STEPS)]:
         start = time.time()
-        rows[key] = _scores(pipeline.evaluate(run, n=n, steps=steps, schedule=schedule))
+        rows[key] = _drawn_scores(draws, lambda seed: pipeline.evaluate(run, n=n, steps=steps, schedule=schedule, seed=seed))
         seconds[f"evaluate_{key}"] = time.time() - start
     return {"rows": rows, "seconds": seconds}
 
 
-def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | None) -> dict:
+def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | None, draws: int = 1) -> dict:
     import torch
 
     from diffrl.app import pipeline
@@ -94,9 +107,10 @@ def run_dxmi(root: str, name: str, seed: int, overrides: list[str], n: int | Non
         pipeline.train(config, run, resume=(run / "config.yaml").is_file(), progress=False)
 
     seconds = train_seconds(run, train)
-    out = {"name": name, "seed": seed, "train_seconds": seconds, "test": _scores(pipeline.evaluate(run, n=n, seed=seed))}
+    out = {"name": name, "seed": seed, "train_seconds": seconds,
+           "test": _drawn_scores(draws, lambda s: pipeline.evaluate(run, n=n, seed=s), seed)}
     if name == "dxmi_10":
-        out["guided"] = _scores(pipeline.evaluate(run, n=n, seed=seed, guidance=GUIDANCE))
+        out["guided"] = _drawn_scores(draws, lambda s: pipeline.evaluate(run, n=n, seed=s, guidance=GUIDANCE), seed)
     first_eval = next((r for r in RunDir(run).read_metrics() if "eval/fd" in r), {})
     out["start_val_fd"] = first_eval.get("eval/fd")
     return out
@@ -142,12 +156,15 @@ def _mean_std(runs: list[dict], part: str) -> dict:
         values = [r[part][key] for r in runs]
         row[key] = statistics.fmean(values)
         row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        if f"{key}_draw_std" in runs[0][part]:  # the mean over seeds of the std between sample draws
+            row[f"{key}_draw_std"] = statistics.fmean(r[part][f"{key}_draw_std"] for r in runs)
     row["n"], row["steps"], row["seeds"] = runs[0][part]["n"], runs[0][part]["steps"], [r["seed"] for r in runs]
+    row["draws"] = runs[0][part].get("draws", 1)
     row["per_seed"] = [r[part] for r in runs]
     return row
 
 
-def plot_curves(root: str, seeds: list[int], path: Path) -> None:
+def plot_curves(root: str, seeds: list[int], variants: list[str], path: Path) -> None:
     """Validation FD over training of every DxMI run, against the teacher's own validation FD at
     the end of pretraining (its ``pretrain.eval_horizon``-step strided chain, same split and n)."""
     from diffrl.plots import plot_learning_curves
@@ -157,7 +174,7 @@ def plot_curves(root: str, seeds: list[int], path: Path) -> None:
         rows = [r for r in RunDir(run).read_metrics() if "eval/fd" in r]
         return [r["step"] for r in rows], [r["eval/fd"] for r in rows]
 
-    curves = {name: [curve(Path(root, f"{name}-s{s}")) for s in seeds] for name in VARIANTS}
+    curves = {name: [curve(Path(root, f"{name}-s{s}")) for s in seeds] for name in variants}
     teacher_fd = curve(Path(root, "teacher"))[1][-1]
     plot_learning_curves(curves, path, "validation FD (digits classifier features)", {"teacher, last pretraining eval": teacher_fd})
 
@@ -170,28 +187,34 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="samples per score (default: as many as test images, 360)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true", help="tiny runs to check the plumbing")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="the DxMI runs (default all)")
+    parser.add_argument("--draws", type=int, default=3, help="independent sample draws per score; their std is the draw noise")
+    parser.add_argument("--keep-from", default=None, help="an earlier digits.json: its DxMI rows not rerun here are kept under 'earlier'")
     args = parser.parse_args()
+    if args.draws < 1:
+        parser.error(f"--draws must be >= 1, got {args.draws}")
     root = args.root or ("runs/bench-digits-quick" if args.quick else "runs/bench-digits")
     out = Path(args.out or (Path(root, "digits.json") if args.quick else "docs/results/digits.json"))
     overrides = QUICK if args.quick else []
     n = args.n or (64 if args.quick else None)
     start = time.time()
 
-    teacher = run_teacher(root, overrides, n)  # every DxMI run needs it first
+    teacher = run_teacher(root, overrides, n, args.draws)  # every DxMI run needs it first
     with ProcessPoolExecutor(args.workers) as pool:
-        jobs = [pool.submit(run_dxmi, root, name, s, overrides, n) for name in VARIANTS for s in args.seeds]
+        jobs = [pool.submit(run_dxmi, root, name, s, overrides, n, args.draws) for name in args.variants for s in args.seeds]
         dxmi = [f.result() for f in jobs]
     speed = throughput(root)
 
     from diffrl.image_metrics import digits_classifier
 
     result: dict = dict(teacher["rows"])
-    for name in VARIANTS:
+    for name in args.variants:
         result[name] = _mean_std([r for r in dxmi if r["name"] == name], "test")
-    result["dxmi_10_guided"] = {**_mean_std([r for r in dxmi if r["name"] == "dxmi_10"], "guided"), "guidance": GUIDANCE}
+    if "dxmi_10" in args.variants:
+        result["dxmi_10_guided"] = {**_mean_std([r for r in dxmi if r["name"] == "dxmi_10"], "guided"), "guidance": GUIDANCE}
     result["timings_seconds"] = {
         **teacher["seconds"],
-        **{f"train_{name}": [r["train_seconds"] for r in dxmi if r["name"] == name] for name in VARIANTS},
+        **{f"train_{name}": [r["train_seconds"] for r in dxmi if r["name"] == name] for name in args.variants},
         "total": time.time() - start,
     }
     result["throughput"] = speed
@@ -203,21 +226,26 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "quick": args.quick,
     }
+    if args.keep_from:
+        old = json.loads(Path(args.keep_from).read_text())
+        kept = {k: row for k, row in old.items() if k.startswith("dxmi_") and k not in result}
+        result["earlier"] = {"meta": old["meta"], "teacher_1000": old["teacher_1000"], **kept}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    plot_curves(root, args.seeds, out.with_name(out.stem + "_curves.png"))
+    plot_curves(root, args.seeds, args.variants, out.with_name(out.stem + "_curves.png"))
     print(markdown(result))
 
 
 def markdown(result: dict) -> str:
-    lines = ["| sampler | T | FD | KID | coverage |", "|---|---|---|---|---|"]
+    lines = ["| sampler | T | FD (± seeds) | FD draw noise | KID | coverage |", "|---|---|---|---|---|---|"]
     labels = {"teacher": "DDPM teacher", "naive": "naive (VAR, before DxMI)", "ddim": "DDIM", "dxmi": "DxMI"}
     for key, row in result.items():
         if not isinstance(row, dict) or "fd" not in row:
             continue
         method = labels[key.split("_")[0]] + {"tau0": ", tau = 0", "cost": ", no time cost", "guided": f", guided {GUIDANCE}"}.get(key.rsplit("_", 1)[1], "")
         cell = lambda k: f"{row[k]:.3f}" + (f" ± {row[k + '_std']:.3f}" if k + "_std" in row else "")  # noqa: E731
-        lines.append(f"| {method} | {row['steps']} | {cell('fd')} | {cell('kid')} | {cell('coverage')} |")
+        noise = f"{row['fd_draw_std']:.3f}" if "fd_draw_std" in row else ""
+        lines.append(f"| {method} | {row['steps']} | {cell('fd')} | {noise} | {cell('kid')} | {cell('coverage')} |")
     t, s = result["timings_seconds"], result["throughput"]
     train = ", ".join(f"{k[6:]} {statistics.fmean(v) / 60:.1f} min" for k, v in t.items() if k.startswith("train_"))
     lines.append(

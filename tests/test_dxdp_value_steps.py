@@ -1,4 +1,5 @@
-"""DxDP's value_steps option: "sequential" (the paper's, the default) and "batched" (one step on all transitions)."""
+"""DxDP's update options: value_steps "sequential" (the paper's, the default) or "batched" (one step on
+all transitions), and sampler_steps (policy-improvement steps per update; the paper's 1)."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from diffrl.agents.dxdp import DxDP, DxDPConfig
-from diffrl.agents.losses import ValueTDLoss, time_cost
+from diffrl.agents.losses import SamplerLoss, ValueTDLoss, time_cost
 from test_mdp_losses import make_mdp, make_policy, make_value
 
 
@@ -70,3 +71,32 @@ def test_soft_value_at_an_int_step_equals_the_tensor_form():
         assert torch.equal(loss(x, x_next, t, log_sigma)["loss_value"], loss(x, x_next, torch.full((5,), t), log_sigma)["loss_value"])
     with pytest.raises(ValueError, match="outside"):
         soft_value(value, mdp, x, T + 1)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_sampler_steps_are_k_clipped_adam_steps_on_fresh_minibatches(k):
+    """The independent computation: k plain Adam steps, each on its own uniform draw of (t, b),
+    against the value the T value steps left (the sampler steps do not touch it)."""
+    torch.manual_seed(0)
+    agent = DxDP(make_policy(), make_value(), make_mdp(),
+                 DxDPConfig(lr_value=1e-2, lr_sampler=1e-2, lr_sigma=1e-2, sampler_steps=k, sampler_grad_clip=None))
+    chain = agent.policy.sample(16, generator=torch.Generator().manual_seed(1))
+    T, B = agent.mdp.horizon, 16
+    policy = copy.deepcopy(agent.policy)
+    optimizer = torch.optim.Adam([{"params": policy.mean_parameters(), "lr": 1e-2}, {"params": policy.sigma_parameters(), "lr": 1e-2}])
+    steps = []
+    agent.policy_optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    torch.manual_seed(5)
+    agent.update(chain)
+    assert len(steps) == k
+    loss_fn = SamplerLoss(policy, agent.value, agent.mdp)  # the value after the update: the sampler steps come last
+    torch.manual_seed(5)
+    for _ in range(k):
+        t_idx, b_idx = torch.randint(0, T, (B,)), torch.randint(0, B, (B,))
+        optimizer.zero_grad()
+        loss_fn(chain[t_idx, b_idx], t_idx)["loss_sampler"].backward()
+        optimizer.step()
+    for p_agent, p_ref in zip(agent.policy.parameters(), policy.parameters()):
+        torch.testing.assert_close(p_agent, p_ref)
+    with pytest.raises(ValueError, match="sampler_steps"):
+        DxDPConfig(sampler_steps=0)

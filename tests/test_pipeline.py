@@ -214,3 +214,31 @@ def test_a_zero_step_run_and_a_teacher_of_other_sizes(tmp_path: Path, teacher: P
     run = pipeline.from_run(tmp_path / "zero", "last")
     assert run.step == 0 and run.value.inp.out_features == 24
     assert run.policy.mean_model.eps_model.inp.out_features == 16
+
+
+def test_tau_anchor_anchors_the_mdp_to_the_starting_chain() -> None:
+    """train.tau_anchor > 0: the MDP's running cost gains tau_anchor a_t, a_t measured from the step
+    policy DxMI starts from (frozen: training moves the policy, not the anchor); 0 (the default): none."""
+    base = ["net.hidden=16", "net.depth=2", "net.time_dim=16", "data.n_train=500", "data.n_eval=100"]
+    assert load_config("8gaussians", base).train.tau_anchor == 0.0
+    with pytest.raises(ValueError, match="tau_anchor"):
+        load_config("8gaussians", [*base, "train.tau_anchor=-1"])
+    for fix_last in (False, True):
+        config = load_config("8gaussians", [*base, "train.tau_anchor=0.5", f"train.fix_last={fix_last}"])
+        torch.manual_seed(0)
+        task = make_task(config)
+        c = pipeline.compose(config, task, task.load_teacher(None), torch.device("cpu"))
+        start = copy.deepcopy(c.policy)
+        assert c.mdp.tau_anchor == 0.5
+        sigma = start.sigma.detach()
+        expected_scale = torch.cat([sigma[:-1], sigma[-2:-1]]) if fix_last else sigma
+        torch.testing.assert_close(c.mdp.anchor.scale_sq, expected_scale**2)
+        with torch.no_grad():
+            for p in c.policy.mean_parameters():
+                p.add_(0.1)  # the policy moves; the anchor stays at the start
+        x, t = torch.randn(7, 2), torch.full((7,), 1)
+        torch.testing.assert_close(c.mdp.anchor.teacher_mean(x, t), start.mean_model(x, t))
+        x_next = torch.randn(7, 2)
+        by_hand = (x_next - start.mean_model(x, t)).pow(2).mean(-1) / (2 * expected_scale[1] ** 2)
+        torch.testing.assert_close(c.mdp.running_cost(x, x_next, t) - c.mdp.tau_velocity * c.mdp.step_terms(x, x_next, t)["velocity_cost"],
+                                   0.5 * by_hand)

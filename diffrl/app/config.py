@@ -108,6 +108,10 @@ class TrainConfig:
     for every agent: it lives on the ChainMDP (diffrl.mdp)."""
     tau_velocity: float = 0.1
     """The velocity cost's weight (tau2)."""
+    tau_anchor: float = 0.0
+    """0: none (the paper). > 0: the weight of a running cost a_t that keeps each step's mean near the
+    teacher's T-step chain, the sampler DxMI starts from (diffrl.mdp.TeacherAnchor; its scale is that
+    chain's sigma_t, a fixed tiny last sigma replaced by the one before it)."""
     agent_options: Dict[str, Any] = field(default_factory=dict)
     """Options of a MODULE:FACTORY agent that reads them (the TorchRL and Tianshou agents apply them to
     their settings dataclass, e.g. train.agent_options.lr_sampler=1e-5); dxdp, reinforce and ppo
@@ -278,6 +282,7 @@ class ExperimentConfig:
             (t.horizon >= 1, f"train.horizon (T) must be >= 1, got {t.horizon}"),
             (t.tau_velocity >= 0, f"train.tau_velocity must be >= 0, got {t.tau_velocity}"),
             (t.tau_entropy >= 0, f"train.tau_entropy must be >= 0, got {t.tau_entropy}"),
+            (t.tau_anchor >= 0, f"train.tau_anchor must be >= 0, got {t.tau_anchor}"),
             (t.gamma >= 0, f"train.gamma must be >= 0, got {t.gamma}"),
             (t.last_sigma > 0, f"train.last_sigma must be > 0, got {t.last_sigma}"),
             (self.pretrain.steps >= 0, "pretrain.steps must be >= 0"),

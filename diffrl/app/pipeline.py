@@ -39,7 +39,7 @@ from ..ddpm import DDPM
 from ..distributed import Dist, distribute, init_processes, rank0_first, rank_seed, rng_state, set_rng_state
 from ..dxmi import DxMI
 from ..loop import LoopConfig, fit
-from ..mdp import ChainMDP
+from ..mdp import ChainMDP, TeacherAnchor
 from ..nets import TimeMLP
 from ..policy import GaussianStepPolicy, rollout
 from ..rewards import RewardModel
@@ -227,8 +227,14 @@ def compose(config: ExperimentConfig, task: Task, teacher: DDPM, device: torch.d
     reward = (reward or resolve_factory(t.reward, REWARDS))(task.event_shape, config)
     if not isinstance(reward, RewardModel):
         raise TypeError(f"the reward factory {t.reward!r} returned {type(reward).__name__}, not a diffrl.rewards.RewardModel")
+    anchor = None
+    if t.tau_anchor > 0:
+        scale = policy.sigma.detach().clone()
+        if t.fix_last and scale.numel() > 1:
+            scale[-1] = scale[-2]
+        anchor = TeacherAnchor(policy, scale=scale)
     mdp = ChainMDP(reward, task.event_shape, policy.sigma.detach(), tau_velocity=t.tau_velocity, avr_decay=t.avr_decay,
-                   start=task.start(), tau_entropy=t.tau_entropy)
+                   start=task.start(), tau_entropy=t.tau_entropy, anchor=anchor, tau_anchor=t.tau_anchor)
     policy.to(device)
     mdp.to(device)
     agent = (agent or resolve_factory(t.agent, AGENTS))(policy, mdp, config)
