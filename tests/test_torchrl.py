@@ -213,26 +213,33 @@ def test_value_loss_module_equals_the_fast_path_bitwise() -> None:
         torch.testing.assert_close(whole, torch.stack([module(td[:, s])["loss_value"] for s in range(T)]).mean())
 
 
-def test_sampler_loss_module_equals_the_fast_path() -> None:
-    """Same states and noise: loss and policy gradients of SamplerLoss to 1e-6 (in practice bitwise; the dense
-    value operator evaluates V on all states where the fast path indexes the non-terminal ones, which may
-    round differently). Gradient reaches every policy parameter and none reaches the value's."""
-    policy, mdp, value = make_policy(), make_mdp(), make_value()
+def _both_sampler_losses(policy, value, mdp):
+    """TorchRL's DxDPSamplerLoss and the fast SamplerLoss on the same rollout's states and the same
+    noise: (states, its output, its gradients w.r.t. the policy's then the value's parameters, the
+    fast output, the fast gradients w.r.t. the policy's)."""
     states = rollout(policy, mdp).reshape(-1).select("x", "t")
     module = DxDPSamplerLoss(probabilistic_actor(policy), value_operator(value, mdp), mdp)
-    fast = SamplerLoss(policy, value, mdp)
     params = list(policy.parameters())
     torch.manual_seed(5)
     out = module(states)
     grads = torch.autograd.grad(out["loss_sampler"], params + list(value.parameters()), allow_unused=True)
     torch.manual_seed(5)
-    ref = fast(states["x"], states["t"].squeeze(-1))
-    ref_grads = torch.autograd.grad(ref["loss_sampler"], params)
+    ref = SamplerLoss(policy, value, mdp)(states["x"], states["t"].squeeze(-1))
+    return states, out, grads, ref, torch.autograd.grad(ref["loss_sampler"], params)
+
+
+def test_sampler_loss_module_equals_the_fast_path() -> None:
+    """Same states and noise: loss and policy gradients of SamplerLoss to 1e-6 (in practice bitwise; the dense
+    value operator evaluates V on all states where the fast path indexes the non-terminal ones, which may
+    round differently). Gradient reaches every policy parameter and none reaches the value's."""
+    policy, mdp, value = make_policy(), make_mdp(), make_value()
+    states, out, grads, ref, ref_grads = _both_sampler_losses(policy, value, mdp)
+    n = len(ref_grads)
     torch.testing.assert_close(out["loss_sampler"], ref["loss_sampler"], rtol=1e-6, atol=1e-7)
     for g, h in zip(grads, ref_grads):
         torch.testing.assert_close(g, h, rtol=1e-6, atol=1e-7)
         assert g.abs().sum() > 0
-    assert all(g is None for g in grads[len(params):])
+    assert all(g is None for g in grads[n:])
     # the named terms add up to the loss
     torch.testing.assert_close(out["cost_to_go"] + out["velocity_cost"] - out["entropy_bonus"], out["loss_sampler"].detach())
     torch.testing.assert_close(out["entropy_bonus"], TAU_E * SIGMA.log()[states["t"].squeeze(-1)].mean())
@@ -245,16 +252,7 @@ def test_sampler_loss_module_with_an_anchor_takes_its_expected_cost_like_the_fas
     plain = make_mdp()
     mdp = ChainMDP(plain.reward, (D,), SCALES, tau_velocity=TAU_V, avr_decay=None, tau_entropy=TAU_E,
                    anchor=TeacherAnchor(make_policy(seed=2)), tau_anchor=0.3)
-    states = rollout(policy, mdp).reshape(-1).select("x", "t")
-    module = DxDPSamplerLoss(probabilistic_actor(policy), value_operator(value, mdp), mdp)
-    fast = SamplerLoss(policy, value, mdp)
-    params = list(policy.parameters())
-    torch.manual_seed(5)
-    out = module(states)
-    grads = torch.autograd.grad(out["loss_sampler"], params)
-    torch.manual_seed(5)
-    ref = fast(states["x"], states["t"].squeeze(-1))
-    ref_grads = torch.autograd.grad(ref["loss_sampler"], params)
+    _, out, grads, ref, ref_grads = _both_sampler_losses(policy, value, mdp)
     torch.testing.assert_close(out["loss_sampler"], ref["loss_sampler"], rtol=1e-6, atol=1e-7)
     for g, h in zip(grads, ref_grads):
         torch.testing.assert_close(g, h, rtol=1e-6, atol=1e-7)
